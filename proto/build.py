@@ -1,0 +1,36 @@
+"""Regenerates the Python code for the gRPC contract: `python -m proto.build`.
+
+The generated modules are committed so that installing Tandem needs no protoc; a test
+regenerates them into a temporary folder and fails when the committed ones are stale.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTOS = ["proto/tandem/v1/gateway.proto"]
+
+
+def generate(out_dir: Path = ROOT) -> None:
+    """Runs protoc (from grpcio-tools) over the contract, writing next to the .proto files."""
+    from grpc_tools import protoc  # dev dependency: only needed to regenerate
+
+    include = str(resources.files("grpc_tools") / "_proto")
+    args = [
+        "protoc",
+        f"-I{ROOT}",
+        f"-I{include}",
+        f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+        *[str(ROOT / p) for p in PROTOS],
+    ]
+    if protoc.main(args) != 0:
+        raise RuntimeError(f"protoc failed: {' '.join(args)}")
+
+
+if __name__ == "__main__":
+    generate(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT)
