@@ -8,7 +8,7 @@ on the hot path and easy to read in a test.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -77,7 +77,7 @@ class Sampling:
 
     def is_default(self) -> bool:
         """True when the caller set no sampling parameter (so mode defaults apply)."""
-        return all(getattr(self, name) is None for name in self.__slots__)  # type: ignore[attr-defined]
+        return all(getattr(self, f.name) is None for f in fields(self))
 
 
 @dataclass(slots=True)

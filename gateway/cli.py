@@ -58,8 +58,11 @@ class LazyGroup(click.Group):
 
 
 def _unavailable(name: str, help_: str) -> click.Command:
-    @click.command(name=name, help=f"{help_} (not available in this build yet)",
-                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    @click.command(
+        name=name,
+        help=f"{help_} (not available in this build yet)",
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    )
     def command() -> None:
         raise click.ClickException(f"'tandem {name}' is not available in this build yet")
 

@@ -38,9 +38,10 @@ def _scrub(text: str) -> str:
 
 
 def _redact_value(key: str, value: Any) -> Any:
-    if isinstance(key, str) and _SECRET_KEY.search(key) and key not in ("tokens", "estimated_tokens"):
-        if not (isinstance(value, int | float) and not isinstance(value, bool)):
-            return REDACTED
+    # Numbers under "token"-ish keys are counts (prompt_tokens), not credentials.
+    is_count = isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(key, str) and _SECRET_KEY.search(key) and not is_count:
+        return REDACTED
     if isinstance(value, str):
         return _scrub(value)
     if isinstance(value, dict):

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian/Ubuntu machine with Python 3.11+ to run Tandem from this checkout:
+# uv (from PyPI), then the exact locked dependencies into .venv. With --test it also installs
+# the servers the test suite talks to (Debian's docker-registry and redis-server).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test_servers=0
+[ "${1:-}" = "--test" ] && want_test_servers=1
+
+if ! command -v uv >/dev/null 2>&1; then
+  # A private venv for uv itself: works where the system pip is "externally managed" (PEP 668).
+  if [ ! -x .tools/bin/uv ]; then
+    python3 -m venv .tools
+    .tools/bin/pip install --quiet --disable-pip-version-check uv
+  fi
+  export PATH="$PWD/.tools/bin:$PATH"
+fi
+
+if [ "$want_test_servers" = 1 ]; then
+  missing=()
+  command -v docker-registry >/dev/null 2>&1 || [ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  if [ ${#missing[@]} -gt 0 ]; then
+    sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+
+uv sync --frozen --quiet

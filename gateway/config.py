@@ -1,0 +1,157 @@
+"""The gateway's configuration (one YAML file plus `TANDEM_*` overrides; see `configfile`).
+
+Example:
+
+    pools:
+      - name: qwen3-14b                # the model name callers ask for
+        context_length: 32768
+        endpoints:
+          - url: http://10.0.0.5:8000/v1
+            model: Qwen/Qwen3-14B      # the name vLLM serves it under
+            api_key_env: VLLM_API_KEY  # the key is read from this variable, never from the file
+            max_concurrency: 64
+        fallbacks: [qwen3-32b]         # pools to try when every endpoint of this one failed
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from gateway.configfile import Section, load_config
+
+
+class Listen(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+
+
+class TLS(Section):
+    """Server TLS; with `client_ca_file` the server requires client certificates (mTLS)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
+class GrpcListen(Listen):
+    port: int = Field(50051, ge=0, le=65535)
+    tls: TLS | None = None
+    # Keepalive pings keep long thinking streams alive through idle-cutting proxies.
+    keepalive_seconds: float = Field(20.0, gt=0)
+
+
+class HttpListen(Listen):
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # An SSE comment is sent when a stream has been silent this long (a long thinking phase
+    # must not look like a dead connection to an idle proxy).
+    sse_heartbeat_seconds: float = Field(10.0, gt=0)
+
+
+class Endpoint(Section):
+    """One vLLM server (OpenAI-compatible) in a pool."""
+
+    url: str = Field(description="base URL including /v1, e.g. http://host:8000/v1")
+    model: str = Field(description="the served model name on that server")
+    api_key_env: str | None = Field(None, description="environment variable holding its API key")
+    max_concurrency: int = Field(64, ge=1)
+    weight: int = Field(1, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v.rstrip("/")
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class Pool(Section):
+    """A model group: one public model name served by one or more endpoints."""
+
+    name: str = Field(min_length=1)
+    aliases: list[str] = Field(default_factory=list)
+    context_length: int = Field(32768, ge=256)
+    endpoints: list[Endpoint] = Field(min_length=1)
+    fallbacks: list[str] = Field(default_factory=list)
+    # Where non-thinking work for this model goes; default: this pool with thinking off.
+    non_thinking_pool: str | None = None
+    # Qwen3 switches thinking per request; a pool of Qwen3-2507 Instruct/Thinking models cannot.
+    supports_thinking_switch: bool = True
+
+
+class Router(Section):
+    """Retries, fallbacks and cooldowns (driven by litellm.Router)."""
+
+    strategy: Literal["simple-shuffle", "least-busy", "latency-based-routing", "usage-based-routing-v2"] = (
+        "simple-shuffle"
+    )
+    num_retries: int = Field(2, ge=0, le=10)
+    allowed_fails: int = Field(3, ge=0)
+    cooldown_seconds: float = Field(5.0, ge=0)
+    connect_timeout_seconds: float = Field(3.0, gt=0)
+    first_token_timeout_seconds: float = Field(60.0, gt=0)
+    # Whole-request cap; thinking answers can be long.
+    timeout_seconds: float = Field(600.0, gt=0)
+
+
+class Limits(Section):
+    max_in_flight: int = Field(1024, ge=1, description="upstream requests in flight, all pools together")
+    retry_after_seconds: float = Field(1.0, ge=0)
+
+
+class Redis(Section):
+    url: str | None = Field(None, description="redis:// or rediss:// URL; none: in-memory state")
+    password_env: str | None = None
+    cluster: bool = False
+    # When Redis is unreachable: "open" keeps serving without limits, "closed" refuses.
+    on_failure: Literal["open", "closed"] = "open"
+
+
+class GatewayConfig(Section):
+    grpc: GrpcListen = GrpcListen()
+    http: HttpListen = HttpListen()
+    pools: list[Pool] = Field(default_factory=list)
+    router: Router = Router()
+    limits: Limits = Limits()
+    redis: Redis = Redis()
+    shutdown_grace_seconds: float = Field(30.0, ge=0)
+    # Qwen3's recommended sampling per mode, applied when the caller sets none.
+    thinking_sampling: dict[str, float] = Field(
+        default_factory=lambda: {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "min_p": 0.0}
+    )
+    non_thinking_sampling: dict[str, float] = Field(
+        default_factory=lambda: {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "min_p": 0.0}
+    )
+
+    @model_validator(mode="after")
+    def _pools_consistent(self) -> GatewayConfig:
+        names: set[str] = set()
+        for pool in self.pools:
+            for name in (pool.name, *pool.aliases):
+                if name in names:
+                    raise ValueError(f"pool name or alias {name!r} is used twice")
+                names.add(name)
+        pool_names = {p.name for p in self.pools}
+        for pool in self.pools:
+            for other in [*pool.fallbacks, *([pool.non_thinking_pool] if pool.non_thinking_pool else [])]:
+                if other not in pool_names:
+                    raise ValueError(f"pool {pool.name!r} refers to unknown pool {other!r}")
+        return self
+
+    def pool(self, name: str) -> Pool | None:
+        """The pool serving a public model name or alias."""
+        for pool in self.pools:
+            if name == pool.name or name in pool.aliases:
+                return pool
+        return None
+
+
+def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> GatewayConfig:
+    return load_config(GatewayConfig, path, env)

@@ -1,0 +1,196 @@
+"""The gateway's gRPC face: `tandem.v1.Gateway`, the standard health service and reflection.
+
+A thin layer over `GatewayService`. `Chat` streams one `ChatChunk` per batch of engine events
+(answer and reasoning kept apart); the last chunk carries usage, finish reason and the route
+decision, which is also sent as trailing metadata `x-tandem-route`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway import fleet
+from gateway.chat import Chunk, Usage
+from gateway.config import TLS
+from gateway.errors import BadRequest, TandemError
+from gateway.fleet import EdgeStatus, FleetStore, ServedModel
+from gateway.logs import bind_request, get_logger
+from gateway.service import GatewayService, new_request_id
+from gateway.wire import protobuf as wire
+from proto.tandem.v1 import gateway_pb2 as pb
+from proto.tandem.v1 import gateway_pb2_grpc as pb_grpc
+
+log = get_logger("tandem.gateway.grpc")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Gateway"].full_name
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+HEARTBEAT_INTERVAL_S = 10
+
+
+class GatewayServicer(pb_grpc.GatewayServicer):
+    def __init__(self, service: GatewayService, fleet_store: FleetStore) -> None:
+        self.service = service
+        self.fleet = fleet_store
+
+    async def _abort(self, context: grpc.aio.ServicerContext, err: TandemError) -> None:
+        context.set_trailing_metadata(wire.error_trailers(err))
+        await context.abort(wire.error_code(err), err.message)
+
+    async def Chat(
+        self, request: pb.ChatRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ChatChunk]:
+        request_id = request.request_id or new_request_id()
+        bind_request(request_id)
+        metrics = self.service.metrics
+        try:
+            req = wire.request_from_pb(request)
+            req.request_id = request_id
+            stream = await self.service.stream(req)
+        except TandemError as err:
+            metrics.requests.labels("grpc", "", "", "", wire.error_code(err).name).inc()
+            log.info("request_refused", code=wire.error_code(err).name, error=err.message)
+            await self._abort(context, err)
+            return
+        decision = stream.decision
+        route = decision.header()
+        usage: Usage | None = None
+        finish = ""
+        try:
+            async for batch in stream.batches():
+                merged = _merge(batch)
+                if merged.usage is not None:
+                    usage = merged.usage
+                    merged.usage = None
+                finish = merged.finish_reason or finish
+                if merged.content or merged.reasoning or merged.tool_calls:
+                    yield wire.chunk_to_pb(
+                        merged, response_id=stream.id, model=stream.model, created=stream.created
+                    )
+        except TandemError as err:
+            metrics.requests.labels(
+                "grpc", decision.target.value, decision.mode.value, decision.reason, wire.error_code(err).name
+            ).inc()
+            context.set_trailing_metadata((("x-tandem-route", route), *wire.error_trailers(err)))
+            await context.abort(wire.error_code(err), err.message)
+            return
+        last = pb.ChatChunk(
+            id=stream.id,
+            model=stream.model,
+            created=stream.created,
+            finish_reason=finish or "stop",
+            route=wire.decision_to_pb(decision),
+        )
+        if usage is not None:
+            last.usage.CopyFrom(wire.usage_to_pb(usage))
+        context.set_trailing_metadata((("x-tandem-route", route),))
+        metrics.requests.labels(
+            "grpc", decision.target.value, decision.mode.value, decision.reason, "OK"
+        ).inc()
+        yield last
+
+    async def Classify(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> pb.RouteDecision:
+        try:
+            decision, _ = self.service.decide(wire.request_from_pb(request))
+        except TandemError as err:
+            await self._abort(context, err)
+            raise AssertionError("unreachable") from None
+        context.set_trailing_metadata((("x-tandem-route", decision.header()),))
+        return wire.decision_to_pb(decision)
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        out = pb.ListModelsResponse()
+        for pool in self.service.config.pools:
+            caps = ["completion", "tools"] + (["thinking"] if pool.supports_thinking_switch else [])
+            for name in (pool.name, *pool.aliases):
+                out.models.add(
+                    id=name, owned_by="tandem", context_length=pool.context_length, capabilities=caps
+                )
+        return out
+
+    async def Heartbeat(
+        self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> pb.HeartbeatResponse:
+        if not request.edge_id or len(request.edge_id) > 256:
+            await self._abort(context, BadRequest("edge_id is required (at most 256 characters)"))
+        status = EdgeStatus(
+            edge_id=request.edge_id,
+            group=request.group or "default",
+            models=[ServedModel(m.name, m.digest, m.reference) for m in request.models],
+            in_flight=request.in_flight,
+            queued=request.queued,
+            healthy=request.healthy,
+            version=request.version,
+            labels=dict(request.labels),
+        )
+        await self.fleet.record(status)
+        ref, digest = fleet.assignment(status.edge_id, status.group, await self.fleet.desired(status.group))
+        return pb.HeartbeatResponse(
+            desired_reference=ref,
+            desired_digest=digest,
+            interval_seconds=HEARTBEAT_INTERVAL_S,
+            server_time_unix=int(time.time()),
+        )
+
+
+def _merge(batch: list[Chunk]) -> Chunk:
+    """One chunk for a batch of engine events read together: fewer, larger gRPC messages."""
+    if len(batch) == 1:
+        return batch[0]
+    out = Chunk()
+    content, reasoning = [], []
+    for c in batch:
+        content.append(c.content)
+        reasoning.append(c.reasoning)
+        out.tool_calls.extend(c.tool_calls)
+        out.finish_reason = c.finish_reason or out.finish_reason
+        out.usage = c.usage or out.usage
+    out.content = "".join(content)
+    out.reasoning = "".join(reasoning)
+    return out
+
+
+def build_server(
+    service: GatewayService, fleet_store: FleetStore
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """The gRPC server with every service registered (not yet bound or started)."""
+    keepalive_ms = int(service.config.grpc.keepalive_seconds * 1000)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # Keepalive pings keep a silent thinking phase from being cut by idle proxies.
+            ("grpc.keepalive_time_ms", keepalive_ms),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ]
+    )
+    pb_grpc.add_GatewayServicer_to_server(GatewayServicer(service, fleet_store), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    return server, health_servicer
+
+
+def bind(server: grpc.aio.Server, host: str, port: int, tls: TLS | None) -> int:
+    """Binds the listening address (TLS or mTLS when configured); returns the bound port."""
+    address = f"{host}:{port}"
+    if tls is None:
+        return server.add_insecure_port(address)
+    creds = grpc.ssl_server_credentials(
+        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+        root_certificates=tls.client_ca_file.read_bytes() if tls.client_ca_file else None,
+        require_client_auth=tls.client_ca_file is not None,
+    )
+    return server.add_secure_port(address, creds)

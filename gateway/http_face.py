@@ -1,0 +1,220 @@
+"""The gateway's OpenAI-compatible HTTP face (aiohttp): a thin layer over `GatewayService`.
+
+`POST /v1/chat/completions` (stream and not), `GET /v1/models`, `/healthz`, `/readyz`,
+`/metrics`. Every answer carries `x-tandem-route`; errors are OpenAI error bodies with the
+status from `gateway.wire.openai.error_status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from gateway.chat import ChatRequest, Chunk
+from gateway.errors import BadRequest, PayloadTooLarge, TandemError
+from gateway.logs import bind_request, get_logger
+from gateway.metrics import CONTENT_TYPE
+from gateway.service import ActiveStream, GatewayService, new_request_id
+from gateway.wire import openai as wire
+
+log = get_logger("tandem.gateway.http")
+
+SERVICE_KEY = web.AppKey("service", GatewayService)
+READY_KEY = web.AppKey("ready", asyncio.Event)
+
+JSON = "application/json"
+
+
+def json_response(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=body, status=status, content_type=JSON, headers=headers)
+
+
+def error_response(err: TandemError, headers: dict[str, str] | None = None) -> web.Response:
+    status, body, extra = wire.error_response(err)
+    return json_response(body, status, {**(headers or {}), **extra})
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, refusing more than `limit` bytes without reading it all."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body is {request.content_length} bytes; the limit is {limit}")
+    body = bytearray()
+    async for data in request.content.iter_chunked(64 * 1024):
+        body += data
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+    return bytes(body)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    service = request.app[SERVICE_KEY]
+    request_id = request.headers.get("x-request-id") or new_request_id()
+    bind_request(request_id)
+    started = time.perf_counter()
+    route_header: dict[str, str] = {"x-request-id": request_id}
+    req: ChatRequest | None = None
+    try:
+        body = await read_body(request, service.config.http.max_body_bytes)
+        req = wire.parse_request(body, mode_header=request.headers.get(wire.MODE_HEADER))
+        req.request_id = request_id
+        if not req.stream:
+            result = await service.complete(req)
+            route_header[wire.ROUTE_HEADER] = result.route.header()
+            _count(service, result.route.header(), "200")
+            return json_response(wire.completion_body(result), headers=route_header)
+        stream = await service.stream(req)
+    except TandemError as err:
+        status = wire.error_status(err)
+        log.info("request_refused", status=status, error=err.message)
+        service.metrics.requests.labels("http", "", "", "", str(status)).inc()
+        return error_response(err, route_header)
+    route_header[wire.ROUTE_HEADER] = stream.decision.header()
+    return await _relay_stream(request, service, req, stream, route_header, started)
+
+
+async def _relay_stream(
+    request: web.Request,
+    service: GatewayService,
+    req: ChatRequest,
+    stream: ActiveStream,
+    headers: dict[str, str],
+    started: float,
+) -> web.StreamResponse:
+    resp = web.StreamResponse(
+        status=200,
+        headers={
+            **headers,
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        },
+    )
+    enc = wire.StreamEncoder(stream.id, stream.model, stream.created)
+    status = "200"
+    last_write = time.monotonic()
+
+    async def heartbeat() -> None:
+        # A long thinking phase must not look dead to an idle-cutting proxy.
+        period = service.config.http.sse_heartbeat_seconds
+        while True:
+            await asyncio.sleep(period)
+            if time.monotonic() - last_write >= period:
+                await resp.write(wire.HEARTBEAT)
+
+    beat: asyncio.Task[None] | None = None
+    try:
+        await resp.prepare(request)
+        await resp.write(enc.role())
+        beat = asyncio.create_task(heartbeat())
+        async with contextlib.aclosing(stream.batches()) as batches:
+            async for batch in batches:
+                await resp.write(_encode(enc, batch, req.include_usage))
+                last_write = time.monotonic()
+        await resp.write(wire.DONE)
+    except TandemError as err:  # the engine broke off mid-stream
+        status = "502"
+        log.warning("stream_failed", error=err.message)
+        with contextlib.suppress(ConnectionError):
+            await resp.write(wire.error_event(err))
+    except ConnectionError:
+        status = "499"  # the caller went away; the upstream stream is closed by aclosing
+    finally:
+        if beat is not None:
+            beat.cancel()
+        await stream.close()
+    _count(service, stream.decision.header(), status)
+    service.metrics.duration.observe(time.perf_counter() - started)
+    return resp
+
+
+def _encode(enc: wire.StreamEncoder, batch: list[Chunk], include_usage: bool) -> bytes:
+    out = []
+    for chunk in batch:
+        if chunk.content or chunk.reasoning or chunk.tool_calls or chunk.finish_reason:
+            out.append(enc.chunk(chunk))
+        if chunk.usage is not None and include_usage:
+            out.append(enc.usage(chunk.usage))
+    return b"".join(out)
+
+
+def _count(service: GatewayService, route: str, status: str) -> None:
+    parts = dict(p.split("=", 1) for p in route.split("; "))
+    service.metrics.requests.labels("http", parts["target"], parts["mode"], parts["reason"], status).inc()
+
+
+async def list_models(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    created = int(time.time())
+    data = [
+        {
+            "id": name,
+            "object": "model",
+            "created": created,
+            "owned_by": "tandem",
+            "max_model_len": pool.context_length,
+        }
+        for pool in service.config.pools
+        for name in (pool.name, *pool.aliases)
+    ]
+    return json_response(orjson.dumps({"object": "list", "data": data}))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response(b'{"status":"ok"}')
+
+
+async def readyz(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    if not request.app[READY_KEY].is_set() or service.draining:
+        return json_response(b'{"status":"not ready"}', 503)
+    return json_response(b'{"status":"ready"}')
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[SERVICE_KEY].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+@web.middleware
+async def errors_as_json(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Unknown routes and wrong methods answer in the OpenAI error shape; nothing escapes."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        err = BadRequest(f"{request.method} {request.path}: {exc.reason}")
+        _, body, _ = wire.error_response(err)
+        return json_response(body, exc.status)
+    except TandemError as err:
+        return error_response(err)
+    except Exception:
+        log.exception("unhandled_error", path=request.path)
+        return json_response(
+            orjson.dumps(
+                {"error": {"message": "internal error", "type": "internal_error", "param": None, "code": 500}}
+            ),
+            500,
+        )
+
+
+def build_app(service: GatewayService, ready: asyncio.Event) -> web.Application:
+    # client_max_size is a backstop; read_body enforces the configured limit with a clear 413.
+    app = web.Application(
+        middlewares=[errors_as_json], client_max_size=service.config.http.max_body_bytes + 1
+    )
+    app[SERVICE_KEY] = service
+    app[READY_KEY] = ready
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,237 @@
+"""Talking to one vLLM endpoint: send a chat request, read its answer or its SSE stream.
+
+One aiohttp session per process, one POST per attempt. Stream events are parsed with orjson
+into `Chunk`s as they arrive; a burst of events read in one wake-up is parsed in one pass, and
+nothing is held back waiting for more. Whether to retry a failed attempt elsewhere is the
+application's call (`gateway/service.py`); this module only says what failed and whether the
+failure happened before anything was received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.chat import Chunk, ToolCall, Usage
+from gateway.pool import Upstream
+
+
+class AttemptFailed(Exception):
+    """An attempt failed before any answer was received; another endpoint may succeed.
+
+    `retryable` is False when the request itself is at fault (a 4xx other than 408/429):
+    sending it elsewhere would fail the same way.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.retryable = retryable
+
+
+class StreamBroken(Exception):
+    """The engine failed after the stream had started (an error event, a reset, a timeout)."""
+
+
+class Relay:
+    """HTTP client for the pool's engines, owned by the application object."""
+
+    def __init__(self, *, connect_timeout: float, limit: int) -> None:
+        self._connect_timeout = connect_timeout
+        self._limit = limit
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self._limit, limit_per_host=0, keepalive_timeout=30, enable_cleanup_closed=True
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            json_serialize=lambda o: orjson.dumps(o).decode(),
+            skip_auto_headers=("User-Agent",),
+            auto_decompress=False,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def open(
+        self, upstream: Upstream, body: dict[str, Any], *, first_byte_timeout: float, total_timeout: float
+    ) -> aiohttp.ClientResponse:
+        """Sends the request; returns the response once its status is 200."""
+        assert self._session is not None, "Relay.start() was not awaited"
+        headers = {"Content-Type": "application/json"}
+        if upstream.api_key:
+            headers["Authorization"] = f"Bearer {upstream.api_key}"
+        timeout = aiohttp.ClientTimeout(
+            total=total_timeout, sock_connect=self._connect_timeout, sock_read=first_byte_timeout
+        )
+        try:
+            resp = await self._session.post(
+                f"{upstream.base_url}/chat/completions",
+                data=orjson.dumps(body),
+                headers=headers,
+                timeout=timeout,
+            )
+        except TimeoutError:
+            raise AttemptFailed(f"{upstream.id}: no answer within {first_byte_timeout:g}s") from None
+        except aiohttp.ClientError as exc:
+            raise AttemptFailed(f"{upstream.id}: {type(exc).__name__}: {exc}") from None
+        if resp.status != 200:
+            raise await _failed_response(upstream, resp)
+        return resp
+
+    async def read_json(self, upstream: Upstream, resp: aiohttp.ClientResponse) -> dict[str, Any]:
+        """The body of a non-streamed answer."""
+        try:
+            data = await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AttemptFailed(f"{upstream.id}: answer cut: {type(exc).__name__}") from None
+        finally:
+            resp.release()
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise AttemptFailed(f"{upstream.id}: answer is not JSON") from None
+        if not isinstance(parsed, dict):
+            raise AttemptFailed(f"{upstream.id}: answer is not a JSON object")
+        return parsed
+
+
+async def _failed_response(upstream: Upstream, resp: aiohttp.ClientResponse) -> AttemptFailed:
+    status = resp.status
+    try:
+        raw = await resp.read()
+    except (aiohttp.ClientError, TimeoutError):
+        raw = b""
+    finally:
+        resp.release()
+    message = raw[:500].decode("utf-8", "replace")
+    try:
+        parsed = orjson.loads(raw)
+        err = parsed.get("error", parsed) if isinstance(parsed, dict) else {}
+        message = str(err.get("message", message)) if isinstance(err, dict) else str(err)
+    except orjson.JSONDecodeError:
+        pass
+    # 4xx means the request is wrong for any endpoint of this model (except the retryable ones).
+    retryable = status in (404, 408, 409, 429) or status >= 500
+    return AttemptFailed(message or f"HTTP {status}", status=status, retryable=retryable)
+
+
+def _tool_calls(raw: list[dict[str, Any]] | None) -> list[ToolCall]:
+    calls = []
+    for i, c in enumerate(raw or []):
+        fn = c.get("function") or {}
+        calls.append(
+            ToolCall(
+                id=c.get("id") or "",
+                name=fn.get("name") or "",
+                arguments=fn.get("arguments") or "",
+                type=c.get("type") or "function",
+                index=c.get("index", i),
+            )
+        )
+    return calls
+
+
+def parse_usage(raw: dict[str, Any] | None) -> Usage | None:
+    if not raw:
+        return None
+    details = raw.get("completion_tokens_details") or {}
+    return Usage(
+        prompt_tokens=raw.get("prompt_tokens") or 0,
+        completion_tokens=raw.get("completion_tokens") or 0,
+        reasoning_tokens=details.get("reasoning_tokens") or 0,
+    )
+
+
+def parse_completion(data: dict[str, Any]) -> tuple[Chunk, str]:
+    """A non-streamed answer as one chunk, plus the engine's response id."""
+    choices = data.get("choices") or [{}]
+    msg = choices[0].get("message") or {}
+    chunk = Chunk(
+        content=msg.get("content") or "",
+        reasoning=msg.get("reasoning") or msg.get("reasoning_content") or "",
+        tool_calls=_tool_calls(msg.get("tool_calls")),
+        finish_reason=choices[0].get("finish_reason") or "stop",
+        usage=parse_usage(data.get("usage")) or Usage(),
+    )
+    return chunk, str(data.get("id") or "")
+
+
+def _event_chunk(event: dict[str, Any]) -> Chunk | None:
+    if "error" in event:
+        err = event["error"]
+        raise StreamBroken(str(err.get("message", err)) if isinstance(err, dict) else str(err))
+    choices = event.get("choices")
+    usage = parse_usage(event.get("usage"))
+    if not choices:
+        return Chunk(usage=usage) if usage else None
+    choice = choices[0]
+    delta = choice.get("delta") or {}
+    chunk = Chunk(
+        content=delta.get("content") or "",
+        # Current vLLM says "reasoning"; versions before 2026 said "reasoning_content".
+        reasoning=delta.get("reasoning") or delta.get("reasoning_content") or "",
+        tool_calls=_tool_calls(delta.get("tool_calls")),
+        finish_reason=choice.get("finish_reason"),
+        usage=usage,
+    )
+    if not (chunk.content or chunk.reasoning or chunk.tool_calls or chunk.finish_reason or chunk.usage):
+        return None  # the role-only opening event carries nothing the caller lacks
+    return chunk
+
+
+async def stream_chunks(resp: aiohttp.ClientResponse) -> AsyncGenerator[list[Chunk], None]:
+    """Yields the chunks of an SSE stream, one list per network read, until `[DONE]`.
+
+    Raises `StreamBroken` when the engine sends an error event, the connection drops, or
+    nothing arrives for the read timeout given to `Relay.open`.
+    """
+    buffer = b""
+    done = False
+    try:
+        while not done:
+            try:
+                data = await resp.content.readany()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise StreamBroken(f"connection to the engine failed: {type(exc).__name__}") from None
+            if not data:
+                raise StreamBroken("the engine closed the stream before [DONE]")
+            buffer += data
+            *events, buffer = buffer.split(b"\n\n")
+            batch: list[Chunk] = []
+            for event in events:
+                for line in event.split(b"\n"):
+                    if not line.startswith(b"data:"):
+                        continue  # comments and other SSE fields
+                    payload = line[5:].strip()
+                    if payload == b"[DONE]":
+                        done = True
+                        break
+                    try:
+                        parsed = orjson.loads(payload)
+                    except orjson.JSONDecodeError:
+                        raise StreamBroken("the engine sent an event that is not JSON") from None
+                    chunk = _event_chunk(parsed)
+                    if chunk is not None:
+                        batch.append(chunk)
+            if batch:
+                yield batch
+    finally:
+        resp.release()
+
+
+async def first_batch(chunks: AsyncIterator[list[Chunk]], deadline_s: float) -> list[Chunk]:
+    """The first non-empty batch of a stream, within `deadline_s` (the first-token deadline)."""
+    try:
+        async with asyncio.timeout(deadline_s):
+            return await anext(chunks)
+    except StopAsyncIteration:
+        return []

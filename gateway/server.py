@@ -1,0 +1,109 @@
+"""Running the gateway process: both faces over one `GatewayService`, and a graceful stop.
+
+On SIGTERM or SIGINT the gateway stops accepting (the listening sockets close, the health
+service and `/readyz` report not serving), lets in-flight requests and streams finish up to
+`shutdown_grace_seconds`, then exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+
+from aiohttp import web
+from grpc_health.v1 import health_pb2
+
+from gateway.config import GatewayConfig
+from gateway.fleet import FleetStore, MemoryFleet
+from gateway.grpc_face import bind, build_server
+from gateway.http_face import build_app
+from gateway.logs import get_logger
+from gateway.pool import Balancer
+from gateway.service import GatewayService
+
+log = get_logger("tandem.gateway")
+
+
+def make_balancer(config: GatewayConfig) -> Balancer:
+    # The only import of litellm in Tandem happens here, at gateway start.
+    from gateway.pool.litellm_balancer import LitellmBalancer
+
+    return LitellmBalancer(config)
+
+
+class GatewayServer:
+    """The gateway's servers; `start()` binds them, `stop()` drains and closes them."""
+
+    def __init__(
+        self, config: GatewayConfig, *, balancer: Balancer | None = None, fleet: FleetStore | None = None
+    ) -> None:
+        self.config = config
+        self.service = GatewayService(config, balancer or make_balancer(config))
+        self.fleet = fleet or MemoryFleet()
+        self.ready = asyncio.Event()
+        self.grpc_port = 0
+        self.http_port = 0
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        await self.service.start()
+        self._grpc, self._health = build_server(self.service, self.fleet)
+        self.grpc_port = bind(self._grpc, cfg.grpc.host, cfg.grpc.port, cfg.grpc.tls)
+        await self._grpc.start()
+        self._runner = web.AppRunner(
+            build_app(self.service, self.ready),
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=cfg.shutdown_grace_seconds,
+        )
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, cfg.http.host, cfg.http.port, backlog=1024, reuse_address=True)
+        await self._site.start()
+        server = self._site._server
+        assert server is not None
+        self.http_port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set("tandem.v1.Gateway", health_pb2.HealthCheckResponse.SERVING)
+        self.ready.set()
+
+    async def stop(self) -> None:
+        """Stops accepting, drains in-flight work up to the grace period, closes everything."""
+        grace = self.config.shutdown_grace_seconds
+        self.ready.clear()
+        await self._health.enter_graceful_shutdown()
+        if self._site is not None:
+            await self._site.stop()  # closes the listening socket; open connections finish
+        drained, _ = await asyncio.gather(self.service.drain(grace), self._grpc.stop(grace))
+        if not drained:
+            log.warning("drain_deadline_passed", in_flight=self.service.in_flight)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.service.close()
+
+
+async def serve(config: GatewayConfig, *, started_at: float | None = None) -> int:
+    """Runs the gateway until SIGTERM or SIGINT; returns the exit code."""
+    started_at = started_at or time.monotonic()
+    server = GatewayServer(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    log.info(
+        "gateway_ready",
+        grpc=f"{config.grpc.host}:{server.grpc_port}",
+        http=f"http://{config.http.host}:{server.http_port}",
+        pools=[p.name for p in config.pools],
+        startup_s=round(time.monotonic() - started_at, 3),
+    )
+    await stop.wait()
+    log.info("gateway_stopping", in_flight=server.service.in_flight, grace_s=config.shutdown_grace_seconds)
+    with contextlib.suppress(asyncio.CancelledError):
+        await server.stop()
+    log.info("gateway_stopped")
+    return 0

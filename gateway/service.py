@@ -1,0 +1,345 @@
+"""The gateway application: decide how a request runs, then run it on the cloud pool.
+
+`GatewayService` is built once at start-up from the configuration and shared by the gRPC and
+HTTP faces, which only convert wire formats. For each request it:
+
+1. decides the route (mode, pool, token estimate) with the shared rules in `gateway/routing`;
+2. refuses what cannot work (unknown model, context too long, over the in-flight bound);
+3. asks the balancer (litellm.Router) for an endpoint with free capacity and sends the request
+   with the relay, retrying on another endpoint, then on the fallback pools, for as long as no
+   token has reached the caller;
+4. hands the faces the answer, or a stream whose first batch of chunks has already arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.chat import ChatRequest, ChatResult, Chunk, Mode, RouteDecision, Usage
+from gateway.config import GatewayConfig, Pool
+from gateway.errors import (
+    BadRequest,
+    ContextTooLong,
+    ModelNotFound,
+    RateLimited,
+    TandemError,
+    UpstreamFailed,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from gateway.logs import get_logger
+from gateway.metrics import Metrics
+from gateway.pool import Balancer, Upstream
+from gateway.relay import AttemptFailed, Relay, StreamBroken, first_batch, parse_completion, stream_chunks
+from gateway.routing.decide import route
+from gateway.wire import openai as wire
+
+log = get_logger("tandem.gateway")
+
+_ids = itertools.count()
+_PREFIX = os.urandom(4).hex()
+
+
+def new_request_id() -> str:
+    # Unique per process start and cheap: no uuid4 (os.urandom syscall) per request.
+    return f"{_PREFIX}{next(_ids):010x}"
+
+
+@dataclass(slots=True)
+class Admission:
+    """A request that holds a slot in the in-flight bound (and an endpoint's, once chosen)."""
+
+    service: GatewayService
+    upstream: Upstream | None = None
+    released: bool = False
+
+    def take_upstream(self, upstream: Upstream) -> None:
+        self.service._upstream_load[upstream.id] = self.service._upstream_load.get(upstream.id, 0) + 1
+        self.upstream = upstream
+
+    def drop_upstream(self) -> None:
+        if self.upstream is not None:
+            self.service._upstream_load[self.upstream.id] -= 1
+            self.upstream = None
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.drop_upstream()
+            self.service._in_flight -= 1
+            self.service.metrics.in_flight.set(self.service._in_flight)
+            if self.service._in_flight == 0:
+                self.service._idle.set()
+
+
+@dataclass(slots=True)
+class ActiveStream:
+    """A stream whose first chunks have arrived; iterate `batches()` for the rest."""
+
+    id: str
+    model: str
+    created: int
+    decision: RouteDecision
+    first: list[Chunk]
+    _rest: AsyncGenerator[list[Chunk], None]
+    _admission: Admission
+    _service: GatewayService
+    _started: float = field(default_factory=time.perf_counter)
+
+    async def batches(self) -> AsyncGenerator[list[Chunk], None]:
+        """All chunks, first batch included. Raises `UpstreamFailed` if the engine breaks off."""
+        try:
+            yield self.first
+            async for batch in self._rest:
+                yield batch
+        except StreamBroken as exc:
+            assert self._admission.upstream is not None
+            self._service.balancer.failed(self._admission.upstream, status=None, error=str(exc))
+            raise UpstreamFailed(f"the engine failed mid-stream: {exc}") from None
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        # Closing the generator releases the upstream connection when the caller went away.
+        with contextlib.suppress(Exception):
+            await self._rest.aclose()
+        self._admission.release()
+
+
+class GatewayService:
+    def __init__(self, config: GatewayConfig, balancer: Balancer, *, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.balancer = balancer
+        self.metrics = metrics or Metrics("tandem_gateway")
+        self.relay = Relay(
+            connect_timeout=config.router.connect_timeout_seconds, limit=config.limits.max_in_flight
+        )
+        self._in_flight = 0
+        self._upstream_load: dict[str, int] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.draining = False
+
+    async def start(self) -> None:
+        await self.relay.start()
+
+    async def close(self) -> None:
+        await self.relay.close()
+
+    # --- decisions -------------------------------------------------------------------------
+
+    def pool_for(self, model: str) -> Pool:
+        pool = self.config.pool(model)
+        if pool is None:
+            raise ModelNotFound(model)
+        return pool
+
+    def decide(self, req: ChatRequest) -> tuple[RouteDecision, Pool]:
+        """The route decision for `req`, and the pool it runs on. Raises before any engine call."""
+        asked = self.pool_for(req.model)
+        decision = route(req, context_limit=asked.context_length)
+        pool = asked
+        if decision.mode is Mode.NON_THINKING and asked.non_thinking_pool:
+            pool = self.pool_for(asked.non_thinking_pool)
+        decision.pool = pool.name
+        if decision.estimated_tokens > pool.context_length:
+            out = req.max_tokens or 0
+            raise ContextTooLong(
+                limit=pool.context_length, prompt_tokens=decision.estimated_tokens - out, max_tokens=out
+            )
+        return decision, pool
+
+    # --- admission ---------------------------------------------------------------------------
+
+    def _admit(self) -> Admission:
+        if self.draining:
+            raise UpstreamUnavailable("the gateway is shutting down", retry_after=1)
+        if self._in_flight >= self.config.limits.max_in_flight:
+            raise RateLimited(
+                f"the gateway has {self._in_flight} requests in flight, its limit "
+                f"(limits.max_in_flight={self.config.limits.max_in_flight})",
+                retry_after=self.config.limits.retry_after_seconds,
+            )
+        self._in_flight += 1
+        self._idle.clear()
+        self.metrics.in_flight.set(self._in_flight)
+        return Admission(self)
+
+    async def _choose(self, pool: str, tried: set[str]) -> Upstream | None:
+        """An endpoint of `pool` with free capacity; raises RateLimited when all are just full."""
+        full: set[str] = set()
+        while True:
+            upstream = await self.balancer.choose(pool, exclude=frozenset(tried | full))
+            if upstream is None:
+                if full and not (set(u.id for u in self.balancer.upstreams(pool)) - full - tried):
+                    raise RateLimited(
+                        f"every endpoint of pool {pool!r} is at its max_concurrency",
+                        retry_after=self.config.limits.retry_after_seconds,
+                    )
+                return None
+            if self._upstream_load.get(upstream.id, 0) < upstream.max_concurrency:
+                return upstream
+            full.add(upstream.id)
+
+    # --- running -----------------------------------------------------------------------------
+
+    async def _attempts(self, decision: RouteDecision, admission: Admission) -> AsyncIterator[Upstream]:
+        """Endpoints to try in order: retries within the pool, then each fallback pool."""
+        retries = self.config.router.num_retries
+        pools = [decision.pool, *self.balancer.fallbacks(decision.pool)]
+        for pool in pools:
+            tried: set[str] = set()
+            for _ in range(retries + 1):
+                upstream = await self._choose(pool, tried)
+                if upstream is None:
+                    break
+                tried.add(upstream.id)
+                admission.take_upstream(upstream)
+                decision.deployment = upstream.id
+                yield upstream
+                admission.drop_upstream()
+                self.metrics.retries.inc()
+
+    def _body(
+        self, req: ChatRequest, decision: RouteDecision, upstream: Upstream, *, stream: bool
+    ) -> dict[str, Any]:
+        thinking = decision.mode is Mode.THINKING
+        defaults = self.config.thinking_sampling if thinking else self.config.non_thinking_sampling
+        return wire.engine_body(
+            req, model=upstream.model, thinking=thinking, sampling_defaults=defaults, stream=stream
+        )
+
+    def _fail(self, upstream: Upstream, exc: AttemptFailed, last: list[AttemptFailed]) -> None:
+        self.balancer.failed(upstream, status=exc.status, error=exc.message)
+        self.metrics.upstream_failures.labels(upstream.id, str(exc.status or "connect")).inc()
+        log.warning("upstream_attempt_failed", upstream=upstream.id, status=exc.status, error=exc.message)
+        if not exc.retryable:
+            raise _client_error(exc)
+        last.append(exc)
+
+    def _exhausted(self, decision: RouteDecision, failures: list[AttemptFailed]) -> TandemError:
+        if failures and all(f.status is None and "no answer" in f.message for f in failures):
+            return UpstreamTimeout(f"no endpoint of pool {decision.pool!r} answered in time", retry_after=1)
+        detail = f": last error: {failures[-1].message}" if failures else ": every endpoint is cooling down"
+        return UpstreamUnavailable(
+            f"no endpoint of pool {decision.pool!r} could take the request{detail}",
+            retry_after=self.config.router.cooldown_seconds or 1,
+        )
+
+    async def complete(self, req: ChatRequest) -> ChatResult:
+        """A whole answer. Retries on other endpoints and pools until one answers."""
+        decision, _ = self.decide(req)
+        admission = self._admit()
+        failures: list[AttemptFailed] = []
+        timeout = self.config.router.timeout_seconds
+        try:
+            async for upstream in self._attempts(decision, admission):
+                started = time.perf_counter()
+                try:
+                    resp = await self.relay.open(
+                        upstream,
+                        self._body(req, decision, upstream, stream=False),
+                        first_byte_timeout=timeout,
+                        total_timeout=timeout,
+                    )
+                    data = await self.relay.read_json(upstream, resp)
+                except AttemptFailed as exc:
+                    self._fail(upstream, exc, failures)
+                    continue
+                self.balancer.succeeded(upstream, latency_s=time.perf_counter() - started)
+                chunk, engine_id = parse_completion(data)
+                return ChatResult(
+                    id=f"chatcmpl-{req.request_id or engine_id}",
+                    model=req.model,
+                    content=chunk.content,
+                    reasoning=chunk.reasoning,
+                    tool_calls=chunk.tool_calls,
+                    finish_reason=chunk.finish_reason or "stop",
+                    usage=chunk.usage or Usage(),
+                    created=int(time.time()),
+                    route=decision,
+                )
+            raise self._exhausted(decision, failures)
+        finally:
+            admission.release()
+
+    async def stream(self, req: ChatRequest) -> ActiveStream:
+        """Starts a stream and waits for its first chunks, retrying elsewhere until they come.
+
+        Anything raised here reaches the caller as a plain error status; once this returns,
+        a failure can only end the stream (`ActiveStream.batches` raises `UpstreamFailed`).
+        """
+        decision, _ = self.decide(req)
+        admission = self._admit()
+        failures: list[AttemptFailed] = []
+        router = self.config.router
+        try:
+            async for upstream in self._attempts(decision, admission):
+                started = time.perf_counter()
+                try:
+                    resp = await self.relay.open(
+                        upstream,
+                        self._body(req, decision, upstream, stream=True),
+                        first_byte_timeout=router.first_token_timeout_seconds,
+                        total_timeout=router.timeout_seconds,
+                    )
+                    rest = stream_chunks(resp)
+                    try:
+                        first = await first_batch(rest, router.first_token_timeout_seconds)
+                    except TimeoutError:
+                        await rest.aclose()
+                        raise AttemptFailed(
+                            f"{upstream.id}: no first token within {router.first_token_timeout_seconds:g}s"
+                        ) from None
+                    except StreamBroken as exc:
+                        await rest.aclose()
+                        raise AttemptFailed(f"{upstream.id}: {exc}") from None
+                except AttemptFailed as exc:
+                    self._fail(upstream, exc, failures)
+                    continue
+                latency = time.perf_counter() - started
+                self.balancer.succeeded(upstream, latency_s=latency)
+                self.metrics.first_token.observe(latency)
+                return ActiveStream(
+                    id=f"chatcmpl-{req.request_id or new_request_id()}",
+                    model=req.model,
+                    created=int(time.time()),
+                    decision=decision,
+                    first=first,
+                    _rest=rest,
+                    _admission=admission,
+                    _service=self,
+                )
+            raise self._exhausted(decision, failures)
+        except BaseException:
+            admission.release()
+            raise
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def drain(self, deadline_s: float) -> bool:
+        """Stops admitting requests and waits for those in flight; True when all finished."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=deadline_s)
+            return True
+        except TimeoutError:
+            return False
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+
+def _client_error(exc: AttemptFailed) -> TandemError:
+    """A 4xx from the engine is the caller's problem; pass its message on."""
+    if exc.status == 400:
+        return BadRequest(exc.message)
+    return UpstreamUnavailable(f"the engine refused the request (HTTP {exc.status}): {exc.message}")
