@@ -1,0 +1,7 @@
+"""Model distribution: versions of a model as layered OCI artifacts.
+
+`artifact` (format and validation), `gguf_chunks` / `cdc` / `chunking` (cutting the weights),
+`store` (the local content-addressed store), `push` / `pull` (transfers), `auth`,
+`ollama_register` (the edge's Ollama), `cli` (`tandem model`). Nothing here imports the
+gateway or the edge agent; `edge_agent.model_sync` builds on it.
+"""

@@ -1,0 +1,373 @@
+"""`tandem model`: push, pull, inspect, list and tag model versions.
+
+People get a plan, a rich progress display and readable errors; programs pass `--json` and
+get one JSON object on stdout (errors too: `{"error": ..., "kind": ...}`), with a non-zero
+exit code that says what kind of failure it was (see `registry.errors`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import structlog
+from rich.console import Console
+from rich.table import Table
+
+from registry.errors import RegistryError
+from registry.reference import Reference, parse_reference
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.I)
+
+
+def parse_size(text: str) -> int:
+    """`64MiB`, `64M`, `512k`, `1048576` -> bytes (binary multiples)."""
+    m = _SIZE.match(text)
+    if not m:
+        raise click.BadParameter(f"{text!r} is not a size (e.g. 64MiB, 512k, 1048576)")
+    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
+    return int(float(m.group(1)) * scale)
+
+
+class SizeParam(click.ParamType):
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except click.BadParameter as exc:
+            self.fail(exc.message, param, ctx)
+
+
+SIZE = SizeParam()
+
+
+def default_store() -> Path:
+    env = os.environ.get("TANDEM_MODEL_STORE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local/share")
+    return Path(base) / "tandem" / "models"
+
+
+def _quiet_logs() -> None:
+    # Log lines go to stderr and only when they matter: stdout belongs to --json output.
+    if not structlog.is_configured():
+        structlog.configure(
+            logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+            wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        )
+
+
+def _ref(text: str, **kw: Any) -> Reference:
+    return parse_reference(text, **kw)
+
+
+def _emit(as_json: bool, payload: dict[str, Any], human: Callable[[], None]) -> None:
+    if as_json:
+        click.echo(json.dumps(payload, indent=None, sort_keys=False))
+    else:
+        human()
+
+
+def _run(as_json: bool, fn: Callable[[], None]) -> None:
+    """Runs a command body; a named error becomes a message and its exit code, not a traceback."""
+    try:
+        fn()
+    except RegistryError as exc:
+        if as_json:
+            click.echo(json.dumps({"error": exc.message, "kind": type(exc).__name__}))
+        else:
+            Console(stderr=True).print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted; a later pull resumes where this one stopped", err=True)
+        sys.exit(130)
+
+
+def common(f: F) -> F:
+    f = click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout, for programs.")(f)
+    f = click.option(
+        "--plain-http", is_flag=True, help="Plain HTTP (a registry on loopback); default HTTPS."
+    )(f)
+    return f
+
+
+@click.group(name="model")
+def model() -> None:
+    """Push, pull, inspect and tag model versions (OCI artifacts in a registry).
+
+    References look like REGISTRY/models/NAME:TAG, e.g. registry.local:5000/models/qwen3:14b-q4.
+    Credentials: TANDEM_REGISTRY_USERNAME/PASSWORD, or a docker-style config (~/.docker/config.json).
+    """
+    _quiet_logs()
+
+
+@model.command()
+@click.argument("reference")
+@click.option("--gguf", "gguf_path", required=True, type=click.Path(path_type=Path), help="The weights file.")
+@click.option("--template", type=click.Path(path_type=Path), help="Ollama prompt template (text).")
+@click.option("--system", type=click.Path(path_type=Path), help="System prompt (text).")
+@click.option("--params", type=click.Path(path_type=Path), help="Ollama parameters (JSON object).")
+@click.option("--license", "license_", type=click.Path(path_type=Path), help="License text.")
+@click.option("--adapter", type=click.Path(path_type=Path), help="A LoRA adapter (GGUF).")
+@click.option("--chunk-size", type=SIZE, default="64MiB", show_default=True, help="Largest weights layer.")
+@click.option(
+    "--upload-chunk", type=SIZE, default="16MiB", show_default=True, help="Bytes per upload request."
+)
+@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
+@common
+def push(
+    reference: str,
+    gguf_path: Path,
+    template: Path | None,
+    system: Path | None,
+    params: Path | None,
+    license_: Path | None,
+    adapter: Path | None,
+    chunk_size: int,
+    upload_chunk: int,
+    concurrency: int,
+    plain_http: bool,
+    as_json: bool,
+) -> None:
+    """Pack a GGUF model (and its Ollama settings) and push it as REFERENCE."""
+    from registry.progress import NullProgress, Progress, RichProgress
+    from registry.push import ModelFiles, pack, push_model
+
+    def body() -> None:
+        ref = _ref(reference)
+        files = ModelFiles(gguf_path, template, system, params, license_, adapter)
+        console = Console(stderr=True)
+        if not as_json:
+            console.print(f"packing {gguf_path} ...")
+        packed = pack(files, name=ref.name, max_chunk=chunk_size)
+        if not as_json:
+            c = packed.chunked
+            console.print(
+                f"{c.format} {c.size} bytes, {len(c.parts)} weights layers ({c.chunking}), "
+                f"{len(packed.blobs)} blobs, manifest {packed.manifest_digest}"
+            )
+        progress: Progress = NullProgress() if as_json else RichProgress(packed.total_bytes, f"push {ref}")
+        with progress if isinstance(progress, RichProgress) else contextlib.nullcontext():
+            result = push_model(
+                ref,
+                files,
+                plain_http=plain_http,
+                upload_chunk=upload_chunk,
+                concurrency=concurrency,
+                progress=progress,
+                packed=packed,
+            )
+
+        def human() -> None:
+            console.print(
+                f"[green]pushed[/] {result.reference} {result.manifest_digest}\n"
+                f"  uploaded {result.uploaded_blobs} blobs ({result.uploaded_bytes} bytes), "
+                f"skipped {result.skipped_blobs} already there ({result.skipped_bytes} bytes)"
+                + ("" if result.tag_written else "; tag already pointed here"),
+                highlight=False,
+                soft_wrap=True,
+            )
+
+        _emit(as_json, result.summary(), human)
+
+    _run(as_json, body)
+
+
+@model.command()
+@click.argument("reference")
+@click.option("--store", "store_dir", type=click.Path(path_type=Path), default=None, help="Local blob store.")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option("--max-rate", type=SIZE, default=None, help="Bandwidth cap in bytes/s (e.g. 20MiB).")
+@click.option("--dry-run", is_flag=True, help="Show what would move, move nothing.")
+@common
+def pull(
+    reference: str,
+    store_dir: Path | None,
+    concurrency: int,
+    max_rate: int | None,
+    dry_run: bool,
+    plain_http: bool,
+    as_json: bool,
+) -> None:
+    """Pull REFERENCE into the local store: only missing layers, verified, resumable."""
+    from registry.progress import NullProgress, Progress, RichProgress
+    from registry.pull import RegistryClient, execute_pull, plan_pull
+    from registry.store import Store
+
+    async def go() -> tuple[dict[str, Any], list[str]]:
+        ref = _ref(reference)
+        store = Store(store_dir or default_store())
+        async with RegistryClient(ref, plain_http=plain_http, max_rate=max_rate) as client:
+            plan = await plan_pull(client, store)
+            lines = plan.describe()
+            plan_json = {
+                "layers": len(plan.blobs),
+                "bytes_total": plan.total_bytes,
+                "bytes_present": plan.reused_bytes,
+                "bytes_to_fetch": plan.to_download_bytes,
+                "bytes_resumed": plan.resumed_bytes,
+            }
+            if dry_run:
+                return {"reference": str(ref), "digest": plan.manifest_digest, "plan": plan_json}, lines
+            console = Console(stderr=True)
+            if not as_json:
+                console.print("\n".join(lines), highlight=False, soft_wrap=True)
+            progress: Progress = (
+                NullProgress()
+                if as_json
+                else RichProgress(plan.to_download_bytes, f"pull {ref.name}", console)
+            )
+            with progress if isinstance(progress, RichProgress) else contextlib.nullcontext():
+                result = await execute_pull(plan, client, store, concurrency=concurrency, progress=progress)
+            return {**result.summary(), "plan": plan_json}, lines
+
+    def body() -> None:
+        summary, lines = asyncio.run(go())
+
+        def human() -> None:
+            console = Console(stderr=True)
+            if dry_run:
+                console.print("\n".join(lines), highlight=False, soft_wrap=True)
+                return
+            b = summary["bytes"]
+            console.print(
+                f"[green]pulled[/] {summary['reference']} {summary['digest']}\n"
+                f"  downloaded {summary['layers']['downloaded']} layers ({b['downloaded']} bytes), "
+                f"reused {summary['layers']['reused']} ({b['reused']} bytes) in {summary['seconds']} s "
+                f"({summary['throughput_bytes_per_s'] / 2**20:.1f} MiB/s)\n  weights: {summary['weights']}",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+        _emit(as_json, summary, human)
+
+    _run(as_json, body)
+
+
+@model.command()
+@click.argument("reference")
+@common
+def inspect(reference: str, plain_http: bool, as_json: bool) -> None:
+    """Show a version's config and layers without downloading them."""
+    from registry.artifact import chunk_label
+    from registry.pull import RegistryClient, fetch_artifact
+
+    async def go() -> tuple[str, Any, Any]:
+        ref = _ref(reference)
+        async with RegistryClient(ref, plain_http=plain_http) as client:
+            _, digest, manifest, config, _ = await fetch_artifact(client, ref.target)
+        return digest, manifest, config
+
+    def body() -> None:
+        digest, manifest, config = asyncio.run(go())
+        labels = {c.digest: c for c in config.tandem.chunks}
+        payload = {
+            "reference": reference,
+            "digest": digest,
+            "config": config.wire(),
+            "layers": [layer.wire() for layer in manifest.layers],
+        }
+
+        def human() -> None:
+            console = Console()
+            w = config.tandem.weights
+            console.print(f"[bold]{reference}[/]  {digest}", highlight=False, soft_wrap=True)
+            console.print(
+                f"  {config.descriptor.get('name')} family={config.descriptor.get('family')} "
+                f"params={config.config.get('paramSize')} quant={config.config.get('quantization')} "
+                f"context={config.tandem.context_length}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            console.print(
+                f"  weights {w.filename} {w.size} bytes {w.digest} ({w.chunking})",
+                highlight=False,
+                soft_wrap=True,
+            )
+            table = Table("#", "role", "size", "offset", "digest", "holds")
+            for i, layer in enumerate(manifest.layers):
+                chunk = labels.get(layer.digest)
+                holds = "" if chunk is None else chunk_label(chunk.kind, chunk.first, chunk.last)
+                offset = "" if layer.offset is None else str(layer.offset)
+                table.add_row(str(i), layer.role, str(layer.size), offset, layer.digest[7:19], holds)
+            console.print(table)
+
+        _emit(as_json, payload, human)
+
+    _run(as_json, body)
+
+
+@model.command(name="ls")
+@click.argument("repository")
+@common
+def ls(repository: str, plain_http: bool, as_json: bool) -> None:
+    """List the tags of REGISTRY/models/NAME with their digests."""
+    from registry.auth import resolve_credentials
+    from registry.push import RemoteRepository
+
+    def body() -> None:
+        ref = _ref(repository, allow_bare=True)
+        repo = RemoteRepository(ref, resolve_credentials(ref.registry), plain_http=plain_http)
+        rows = [{"tag": tag, "digest": repo.manifest_digest(tag)} for tag in repo.tags()]
+
+        def human() -> None:
+            table = Table("tag", "digest")
+            for row in rows:
+                table.add_row(row["tag"], row["digest"] or "?")
+            Console().print(table)
+
+        _emit(as_json, {"repository": ref.repository_ref, "tags": rows}, human)
+
+    _run(as_json, body)
+
+
+@model.command()
+@click.argument("reference")
+@click.argument("new_tag")
+@common
+def tag(reference: str, new_tag: str, plain_http: bool, as_json: bool) -> None:
+    """Point NEW_TAG at the version REFERENCE names (no blob moves)."""
+    from registry.artifact import parse_manifest
+    from registry.auth import resolve_credentials
+    from registry.push import RemoteRepository
+
+    def body() -> None:
+        ref = _ref(reference)
+        target = ref.with_tag(new_tag)
+        repo = RemoteRepository(ref, resolve_credentials(ref.registry), plain_http=plain_http)
+        raw, media_type = repo.get_manifest(ref.target)
+        parse_manifest(raw)  # only model manifests get tagged
+        repo.put_manifest(new_tag, raw, media_type.split(";")[0].strip())
+        digest = repo.manifest_digest(new_tag)
+        _emit(
+            as_json,
+            {"reference": str(target), "digest": digest},
+            lambda: Console(stderr=True).print(
+                f"[green]tagged[/] {target} -> {digest}", highlight=False, soft_wrap=True
+            ),
+        )
+
+    _run(as_json, body)
+
+
+def main() -> None:  # `python -m registry.cli`
+    model()
+
+
+if __name__ == "__main__":
+    main()
