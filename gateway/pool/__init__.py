@@ -1,0 +1,49 @@
+"""The cloud pool: which endpoint takes a request, and what happened when it did.
+
+`Balancer` is the seam between the gateway and litellm: the gateway sends requests itself
+(`gateway/relay.py`, one aiohttp call per request) and asks the balancer only to choose an
+endpoint and to learn from outcomes. The one implementation, `litellm_balancer`, is the only
+module in Tandem that imports litellm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One endpoint of a pool, as the relay needs it."""
+
+    id: str  # stable id (the litellm deployment id)
+    pool: str  # model group
+    base_url: str  # ".../v1"
+    model: str  # served model name
+    api_key: str | None
+    max_concurrency: int
+    context_length: int
+
+
+class Balancer(Protocol):
+    """Chooses endpoints and tracks their health (cooldowns) across requests."""
+
+    async def choose(self, pool: str, *, exclude: frozenset[str] = frozenset()) -> Upstream | None:
+        """An endpoint of `pool` that is not cooling down and not in `exclude`; None when none is."""
+        ...
+
+    def succeeded(self, upstream: Upstream, *, latency_s: float) -> None:
+        """Reports a request that got its answer (or first token) from `upstream`."""
+        ...
+
+    def failed(self, upstream: Upstream, *, status: int | None, error: str) -> None:
+        """Reports a failed attempt; enough failures cool the endpoint down."""
+        ...
+
+    def fallbacks(self, pool: str) -> list[str]:
+        """Pools to try, in order, when every endpoint of `pool` failed."""
+        ...
+
+    def upstreams(self, pool: str) -> list[Upstream]:
+        """Every endpoint of `pool` (for health probes and metrics)."""
+        ...

@@ -1,0 +1,129 @@
+"""Faults in the cloud pool: retries before the first token, clear errors after it, cooldowns."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import openai
+import orjson
+import pytest
+from openai import AsyncOpenAI
+
+from gateway.server import GatewayServer
+from gateway.simulators.faults import Faults
+from gateway.simulators.vllm import VllmSimulator
+from tests.gateway.conftest import StartGateway
+
+PROMPT = [{"role": "user", "content": "Say hello. /no_think"}]
+
+
+async def test_endpoint_killed_before_requests_is_routed_around(
+    client: AsyncOpenAI, engines: list[VllmSimulator]
+) -> None:
+    await engines[0].stop()
+    answers = await asyncio.gather(
+        *[client.chat.completions.create(model="qwen3", messages=PROMPT) for _ in range(10)]
+    )
+    assert all(a.choices[0].message.content for a in answers)
+    assert len(engines[1].requests) == 10
+
+
+async def test_streams_are_routed_around_an_endpoint_failing_before_the_first_token(
+    client: AsyncOpenAI, engines: list[VllmSimulator]
+) -> None:
+    engines[0].set_faults(Faults(error_rate=1.0, error_status=503))
+    for _ in range(6):
+        stream = await client.chat.completions.create(model="qwen3", messages=PROMPT, stream=True)
+        text = "".join([ch.delta.content or "" async for c in stream for ch in c.choices])
+        assert text
+
+
+async def test_failing_endpoint_cools_down(
+    gateway: GatewayServer, client: AsyncOpenAI, engines: list[VllmSimulator]
+) -> None:
+    engines[0].set_faults(Faults(error_rate=1.0, error_status=500))
+    for _ in range(8):
+        await client.chat.completions.create(model="qwen3", messages=PROMPT)
+    tried_while_failing = len(engines[0].requests)
+    for _ in range(8):
+        await client.chat.completions.create(model="qwen3", messages=PROMPT)
+    # Once cooled down (allowed_fails=1, cooldown 30 s) the failing endpoint is not tried again.
+    assert len(engines[0].requests) == tried_while_failing
+    assert len(engines[1].requests) == 16
+
+
+async def test_endpoint_dying_mid_stream_ends_the_stream_with_an_error_event(
+    gateway: GatewayServer, engines: list[VllmSimulator]
+) -> None:
+    for e in engines:
+        e.set_faults(Faults(disconnect_after=3))
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"http://127.0.0.1:{gateway.http_port}/v1/chat/completions",
+            json={"model": "qwen3", "messages": PROMPT, "stream": True},
+        ) as resp,
+    ):
+        body = await resp.read()
+    events = [e[len(b"data: ") :] for e in body.split(b"\n\n") if e.startswith(b"data: ")]
+    assert resp.status == 200
+    assert events[-1] == b"[DONE]"
+    error = orjson.loads(events[-2])["error"]
+    assert error["type"] == "upstream_error" and "mid-stream" in error["message"]
+
+
+async def test_whole_pool_down_is_503_with_retry_hint(
+    client: AsyncOpenAI, engines: list[VllmSimulator]
+) -> None:
+    for e in engines:
+        await e.stop()
+    with pytest.raises(openai.APIStatusError) as err:
+        await client.chat.completions.create(model="qwen3", messages=PROMPT)
+    assert err.value.status_code == 503
+    assert int(err.value.response.headers["retry-after"]) >= 1
+
+
+async def test_fallback_pool_takes_over_when_a_pool_is_down(
+    start_gateway: StartGateway, engines: list[VllmSimulator]
+) -> None:
+    pools = [
+        {
+            "name": "primary",
+            "endpoints": [{"url": f"{engines[0].url}/v1", "model": "Qwen/Qwen3-14B"}],
+            "fallbacks": ["backup"],
+            "context_length": 4096,
+        },
+        {
+            "name": "backup",
+            "endpoints": [{"url": f"{engines[1].url}/v1", "model": "Qwen/Qwen3-14B"}],
+            "context_length": 4096,
+        },
+    ]
+    server = await start_gateway(pools=pools)
+    await engines[0].stop()
+    async with AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{server.http_port}/v1", api_key="x", max_retries=0
+    ) as c:
+        resp = await c.chat.completions.with_raw_response.create(model="primary", messages=PROMPT)
+    assert resp.parse().choices[0].message.content
+    assert len(engines[1].requests) == 1
+
+
+async def test_over_the_in_flight_bound_is_429_with_retry_after(
+    start_gateway: StartGateway, engines: list[VllmSimulator]
+) -> None:
+    for e in engines:
+        e.set_faults(Faults(slow_start=1.0))
+    server = await start_gateway(limits={"max_in_flight": 2, "retry_after_seconds": 2})
+    async with AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{server.http_port}/v1", api_key="x", max_retries=0
+    ) as c:
+        results = await asyncio.gather(
+            *[c.chat.completions.create(model="qwen3", messages=PROMPT) for _ in range(5)],
+            return_exceptions=True,
+        )
+    limited = [r for r in results if isinstance(r, openai.RateLimitError)]
+    assert len(limited) == 3 and sum(not isinstance(r, Exception) for r in results) == 2
+    assert limited[0].response.headers["retry-after"] == "2"
+    assert "max_in_flight" in limited[0].message
