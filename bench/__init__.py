@@ -1,0 +1,1 @@
+"""Benchmarks: load generation and throughput measurements (`python -m bench.<name>`)."""
