@@ -1,0 +1,148 @@
+"""The edge agent's Ollama-compatible face: `POST /api/chat`, `POST /api/generate` (NDJSON
+streams by default, `think`), `GET /api/tags`, `GET /api/version` and `GET /`, over
+`EdgeService`. An Ollama client works by pointing its host at `http://127.0.0.1:11435`.
+
+Every answer carries the `x-tandem-route` header, and its final object (`done: true`) the same
+value in a `tandem_route` field, which Ollama's clients ignore. Errors are Ollama's
+`{"error": "..."}` bodies with the statuses of `gateway.wire.ollama`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from aiohttp import web
+
+from edge_agent.http_io import SERVICE_KEY, StreamFormat, json_response, read_body, write_stream
+from edge_agent.service import EdgeService, EdgeStream
+from gateway.chat import Chunk, Usage
+from gateway.cli import tandem_version
+from gateway.errors import TandemError
+from gateway.logs import bind_request, get_logger
+from gateway.service import new_request_id
+from gateway.wire import ollama as wire
+from gateway.wire.openai import MODE_HEADER, ROUTE_HEADER
+
+log = get_logger("tandem.edge.ollama")
+
+FACE = "ollama"
+
+
+def error_response(err: TandemError, headers: dict[str, str] | None = None) -> web.Response:
+    status, body, extra = wire.error_response(err)
+    return json_response(body, status, {**(headers or {}), **extra})
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    return await _answer(request, chat=True)
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    return await _answer(request, chat=False)
+
+
+async def _answer(request: web.Request, *, chat: bool) -> web.StreamResponse:
+    service = request.app[SERVICE_KEY]
+    request_id = request.headers.get("x-request-id") or new_request_id()
+    bind_request(request_id)
+    started = time.perf_counter()
+    headers = {"x-request-id": request_id}
+    gen = None
+    try:
+        body = await read_body(request, service.config.listen.max_body_bytes)
+        mode_header = request.headers.get(MODE_HEADER)
+        if chat:
+            req = wire.parse_chat(body, mode_header=mode_header)
+        else:
+            gen = wire.parse_generate(body, mode_header=mode_header)
+            req = gen.chat
+        req.request_id = request_id
+        enc = wire.NdjsonEncoder(req.model, chat=chat)
+        if not req.stream:
+            result = await service.complete(req, generate=gen)
+            headers[ROUTE_HEADER] = result.route.header()
+            service.count(FACE, result.route, "200")
+            service.metrics.duration.observe(time.perf_counter() - started)
+            return json_response(enc.whole(result), headers=headers)
+        stream = await service.stream(req, generate=gen)
+    except TandemError as err:
+        code = wire.error_status(err)
+        log.info("request_refused", status=code, error=err.message)
+        service.count(FACE, None, str(code))
+        return error_response(err, headers)
+    headers[ROUTE_HEADER] = stream.decision.header()
+    resp, status = await write_stream(request, service, stream, _format(enc, stream), headers)
+    service.count(FACE, stream.decision, status)
+    service.metrics.duration.observe(time.perf_counter() - started)
+    return resp
+
+
+def _format(enc: wire.NdjsonEncoder, stream: EdgeStream) -> StreamFormat:
+    finish: str | None = None
+    usage: Usage | None = None
+
+    def batch(chunks: list[Chunk]) -> bytes:
+        nonlocal finish, usage
+        out = []
+        for c in chunks:
+            finish = c.finish_reason or finish
+            usage = c.usage or usage
+            out.append(enc.chunk(c))
+        return b"".join(out)
+
+    return StreamFormat(
+        content_type=wire.NDJSON,
+        opening=b"",
+        batch=batch,
+        closing=lambda: enc.final(finish, usage, stream.decision.header()),
+        error=wire.error_line,
+        keepalive=enc.keepalive(),
+    )
+
+
+async def tags(request: web.Request) -> web.Response:
+    """The models this box serves (aliases as copies of their model), then the gateway's."""
+    service: EdgeService = request.app[SERVICE_KEY]
+    local = service.local
+    models = [m.tag for m in local.models.values()]
+    for alias, target in local.config.aliases.items():
+        model = local.model(target)
+        if model is not None:
+            models.append({**model.tag, "name": alias, "model": alias})
+    seen = {m.get("model") for m in models}
+    now = wire.created_at()
+    for m in await service.cloud_models():
+        if m.id not in seen:
+            models.append(
+                {
+                    "name": m.id,
+                    "model": m.id,
+                    "modified_at": now,
+                    "size": 0,
+                    "digest": "",
+                    "details": {"parent_model": "", "format": "", "family": "", "families": None,
+                                "parameter_size": "", "quantization_level": ""},
+                    "remote_host": "tandem-gateway",
+                }
+            )  # fmt: skip
+    return json_response(orjson.dumps({"models": models}))
+
+
+async def version(request: web.Request) -> web.Response:
+    # The local Ollama's version: clients gate features on it. Tandem's when it never answered.
+    local = request.app[SERVICE_KEY].local
+    return json_response(orjson.dumps({"version": local.version or tandem_version()}))
+
+
+async def root(request: web.Request) -> web.Response:
+    # Tools probe `GET /` for exactly this text before they talk to "Ollama".
+    return web.Response(text="Ollama is running")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/chat", chat)
+    app.router.add_post("/api/generate", generate)
+    app.router.add_get("/api/tags", tags)
+    app.router.add_get("/api/version", version)
+    app.router.add_get("/", root)

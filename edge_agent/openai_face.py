@@ -1,0 +1,101 @@
+"""The edge agent's OpenAI-compatible face: `POST /v1/chat/completions` (stream and not) and
+`GET /v1/models`, over `EdgeService`. An OpenAI client works by pointing its `base_url` at
+`http://127.0.0.1:11435/v1`.
+
+Every answer carries `x-tandem-route`; errors are OpenAI error bodies with the statuses of
+`gateway.wire.openai` (the same the gateway gives).
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from aiohttp import web
+
+from edge_agent.http_io import SERVICE_KEY, StreamFormat, json_response, read_body, write_stream
+from gateway.chat import Chunk
+from gateway.errors import TandemError
+from gateway.logs import bind_request, get_logger
+from gateway.service import new_request_id
+from gateway.wire import openai as wire
+
+log = get_logger("tandem.edge.openai")
+
+FACE = "openai"
+
+
+def error_response(err: TandemError, headers: dict[str, str] | None = None) -> web.Response:
+    status, body, extra = wire.error_response(err)
+    return json_response(body, status, {**(headers or {}), **extra})
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    service = request.app[SERVICE_KEY]
+    request_id = request.headers.get("x-request-id") or new_request_id()
+    bind_request(request_id)
+    started = time.perf_counter()
+    headers = {"x-request-id": request_id}
+    try:
+        body = await read_body(request, service.config.listen.max_body_bytes)
+        req = wire.parse_request(body, mode_header=request.headers.get(wire.MODE_HEADER))
+        req.request_id = request_id
+        if not req.stream:
+            result = await service.complete(req)
+            headers[wire.ROUTE_HEADER] = result.route.header()
+            service.count(FACE, result.route, "200")
+            service.metrics.duration.observe(time.perf_counter() - started)
+            return json_response(wire.completion_body(result), headers=headers)
+        stream = await service.stream(req)
+    except TandemError as err:
+        code = wire.error_status(err)
+        log.info("request_refused", status=code, error=err.message)
+        service.count(FACE, None, str(code))
+        return error_response(err, headers)
+    headers[wire.ROUTE_HEADER] = stream.decision.header()
+    enc = wire.StreamEncoder(stream.id, stream.model, stream.created)
+    fmt = StreamFormat(
+        content_type="text/event-stream",
+        opening=enc.role(),
+        batch=lambda batch: _encode(enc, batch, req.include_usage),
+        closing=lambda: wire.DONE,
+        error=wire.error_event,
+        keepalive=wire.HEARTBEAT,
+    )
+    resp, status = await write_stream(request, service, stream, fmt, headers)
+    service.count(FACE, stream.decision, status)
+    service.metrics.duration.observe(time.perf_counter() - started)
+    return resp
+
+
+def _encode(enc: wire.StreamEncoder, batch: list[Chunk], include_usage: bool) -> bytes:
+    out = []
+    for chunk in batch:
+        if chunk.content or chunk.reasoning or chunk.tool_calls or chunk.finish_reason:
+            out.append(enc.chunk(chunk))
+        if chunk.usage is not None and include_usage:
+            out.append(enc.usage(chunk.usage))
+    return b"".join(out)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """The models this box serves, then the gateway's (while the uplink is up)."""
+    service = request.app[SERVICE_KEY]
+    created = int(time.time())
+    data = [
+        {"id": name, "object": "model", "created": created, "owned_by": "edge", "max_model_len": context}
+        for name, context in service.local.contexts.items()
+    ]
+    seen = {d["id"] for d in data}
+    for m in await service.cloud_models():
+        if m.id not in seen:
+            data.append(
+                {"id": m.id, "object": "model", "created": created, "owned_by": m.owned_by or "tandem",
+                 "max_model_len": m.context_length}
+            )  # fmt: skip
+    return json_response(orjson.dumps({"object": "list", "data": data}))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", list_models)

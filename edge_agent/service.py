@@ -1,0 +1,384 @@
+"""The edge application: decide where a request runs, run it there, and fall back when a part
+is down.
+
+`EdgeService` is built once at start-up from the configuration and shared by the OpenAI and
+Ollama faces, which only convert wire formats. For each request it:
+
+1. plans with `edge_agent.policy` (the shared route decision plus the edge's policies) from a
+   snapshot of its parts: the local Ollama (up, models, queue), the uplink's circuit breaker;
+2. runs the plan on the local Ollama (thinking off, or on when degraded) or forwards it to the
+   gateway, and waits for the first chunks;
+3. when that attempt fails before any token, plans again with the failed part marked down
+   (forward, degrade or a clear 503), so no request hangs on a dead part;
+4. hands the faces a stream whose first chunks have arrived (or a whole answer).
+
+It also runs the uplink's health probe (feeding the breaker) and the heartbeat to the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field, replace
+
+from prometheus_client import Gauge
+
+from edge_agent import policy
+from edge_agent.breaker import CircuitBreaker, State
+from edge_agent.config import EdgeConfig
+from edge_agent.local_engine import LocalEngine, LocalRefused, LocalUnavailable
+from edge_agent.policy import Action, Plan, Situation
+from edge_agent.uplink import Uplink, UplinkDown
+from gateway.chat import ChatRequest, ChatResult, Chunk, RouteDecision, ToolCall, Usage
+from gateway.cli import tandem_version
+from gateway.errors import TandemError, UpstreamUnavailable
+from gateway.logs import get_logger
+from gateway.metrics import Metrics
+from gateway.service import new_request_id
+from gateway.wire import ollama as ollama_wire
+from proto.tandem.v1 import gateway_pb2 as pb
+
+log = get_logger("tandem.edge")
+
+_BREAKER_VALUE = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
+
+
+@dataclass(slots=True)
+class EdgeStream:
+    """A stream whose first chunks have arrived; iterate `batches()` for all of them."""
+
+    id: str
+    model: str
+    created: int
+    decision: RouteDecision
+    first: list[Chunk]
+    _rest: AsyncGenerator[list[Chunk], None]
+    _done: Callable[[], None]
+    _closed: bool = field(default=False)
+
+    async def batches(self) -> AsyncGenerator[list[Chunk], None]:
+        """All chunks, first batch included. Raises `UpstreamFailed` if the source breaks off."""
+        try:
+            yield self.first
+            async for batch in self._rest:
+                yield batch
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(Exception):
+                await self._rest.aclose()
+            self._done()
+
+
+class EdgeService:
+    def __init__(self, config: EdgeConfig, *, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics("tandem_edge")
+        registry = self.metrics.registry
+        self._breaker_gauge = Gauge(
+            "tandem_edge_uplink_breaker_state",
+            "Uplink circuit: 0 closed, 1 half-open, 2 open",
+            registry=registry,
+        )
+        self._local_up_gauge = Gauge(
+            "tandem_edge_local_available", "1 while the local Ollama answers", registry=registry
+        )
+        self._local_in_flight = Gauge(
+            "tandem_edge_local_in_flight", "Requests on the local Ollama now", registry=registry
+        )
+        self._local_in_flight.set_function(lambda: self.local.in_flight)
+        self._local_up_gauge.set_function(lambda: int(self.local.available))
+        self.breaker = CircuitBreaker(
+            failures_to_open=config.breaker.failures_to_open,
+            probe_failures_to_open=config.breaker.probe_failures_to_open,
+            successes_to_close=config.breaker.successes_to_close,
+            on_change=self._breaker_changed,
+        )
+        self.local = LocalEngine(
+            config.ollama,
+            sampling={"thinking": config.thinking_sampling, "non_thinking": config.non_thinking_sampling},
+        )
+        self.uplink = Uplink(config.uplink, self.breaker, edge_id=config.edge_id)
+        # Called with every heartbeat reply (model distribution listens here).
+        self.heartbeat_listeners: list[Callable[[pb.HeartbeatResponse], None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._cloud_models: list[pb.ModelInfo] = []
+        self._cloud_models_at = -1e9
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.draining = False
+        self.startup_seconds: float | None = None  # process start to ready, set by the server
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.uplink.start()
+        await self.local.start()
+        b = self.config.breaker
+        self._tasks = [
+            asyncio.create_task(
+                self.breaker.watch(
+                    self._probe, interval=b.probe_interval_seconds, deadline=b.probe_timeout_seconds
+                ),
+                name="uplink-probe",
+            ),
+            asyncio.create_task(self._heartbeat_loop(), name="uplink-heartbeat"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.uplink.close()
+        await self.local.close()
+
+    def _breaker_changed(self, state: State) -> None:
+        self._breaker_gauge.set(_BREAKER_VALUE[state])
+        if state is State.OPEN:
+            self._cut_silent_calls()
+
+    async def _probe(self) -> None:
+        if self.breaker.state is State.OPEN:
+            self._cut_silent_calls()
+        await self.uplink.probe(self.config.breaker.probe_timeout_seconds)
+
+    def _cut_silent_calls(self) -> None:
+        """While the breaker is open, ends the forwarded calls that have gone silent: on a dead
+        link they would wait for their deadline. Calls still receiving are left alone: a
+        link that carries them is not dead, whatever one late probe said."""
+        silent_for = self.config.breaker.probe_timeout_seconds
+        if ended := self.uplink.cut(
+            f"the uplink to the gateway is down: {self.breaker.last_error}", silent_for=silent_for
+        ):
+            log.warning("uplink_calls_cut", calls=ended, silent_for_s=silent_for)
+
+    # --- deciding ------------------------------------------------------------------------------
+
+    def situation(self) -> Situation:
+        """A snapshot of the parts, for one plan."""
+        local = self.local
+        return Situation(
+            local_models=local.contexts,
+            thinkers=local.thinkers,
+            local_up=local.available,
+            saturated=local.saturated,
+            uplink_up=self.breaker.allows,
+            uplink_retry_after=self.config.breaker.retry_after_seconds,
+            local_retry_after=self.config.ollama.refresh_seconds,
+        )
+
+    # --- running -------------------------------------------------------------------------------
+
+    async def stream(
+        self, req: ChatRequest, *, generate: ollama_wire.GenerateRequest | None = None
+    ) -> EdgeStream:
+        """Runs `req` where the policy says and returns once its first chunks have arrived.
+
+        `generate` is the original `/api/generate` call when `req` came from one (a local
+        Ollama then runs it as a generate). Raises a Tandem error (status before streaming).
+        """
+        if self.draining:
+            raise UpstreamUnavailable("the edge agent is shutting down", retry_after=1)
+        if not req.request_id:
+            req.request_id = new_request_id()
+        self._enter()
+        try:
+            s = self.situation()
+            for _ in range(3):  # each part is tried at most once, then the plan is a reject
+                p = policy.plan(req, s, self.config.policy)
+                try:
+                    return await self._run(req, p, generate)
+                except LocalRefused as exc:
+                    log.info("local_refused", reason=exc.reason, error=str(exc))
+                    s = replace(s, local_up=False, local_down_reason=exc.reason)
+                except LocalUnavailable as exc:
+                    log.warning("local_failed", error=str(exc))
+                    s = replace(s, local_up=False)
+                except UplinkDown as exc:
+                    log.warning("uplink_failed", error=str(exc))
+                    s = replace(s, uplink_up=False)
+                except UpstreamUnavailable as exc:
+                    if p.action is not Action.FORWARD:
+                        raise
+                    # The gateway answered that its cloud pool is down: same policy as a cut WAN.
+                    log.warning("cloud_unavailable", error=exc.message)
+                    s = replace(
+                        s,
+                        uplink_up=False,
+                        uplink_down_why="the gateway's cloud pool is unavailable",
+                        uplink_retry_after=exc.retry_after or s.uplink_retry_after,
+                    )
+            raise UpstreamUnavailable("no engine could take the request", retry_after=1)
+        except BaseException:
+            self._leave()
+            raise
+
+    async def _run(
+        self, req: ChatRequest, p: Plan, generate: ollama_wire.GenerateRequest | None
+    ) -> EdgeStream:
+        if p.action is Action.REJECT:
+            assert p.error is not None
+            log.info("request_rejected", route=p.decision.header(), error=p.error.message)
+            raise p.error
+        started = time.perf_counter()
+        if p.action is Action.LOCAL:
+            first, rest = await self._run_local(req, p, generate)
+        else:
+            first, rest = await self._forward(req, p)
+        self.metrics.first_token.observe(time.perf_counter() - started)
+        return EdgeStream(
+            id=f"chatcmpl-{req.request_id}",
+            model=req.model,
+            created=int(time.time()),
+            decision=p.decision,
+            first=first,
+            _rest=rest,
+            _done=self._leave,
+        )
+
+    async def _run_local(
+        self, req: ChatRequest, p: Plan, generate: ollama_wire.GenerateRequest | None
+    ) -> tuple[list[Chunk], AsyncGenerator[list[Chunk], None]]:
+        model = self.local.model(req.model)
+        if model is None:  # gone between the snapshot and now
+            raise LocalRefused(f"model '{req.model}' is not on the local Ollama", reason="model_unavailable")
+        settings = self.local.settings(model, thinking=p.thinking)
+        if generate is not None:
+            path = "/api/generate"
+            body = ollama_wire.engine_generate_body(
+                generate, model=model.name, thinking=p.thinking, settings=settings
+            )
+        else:
+            path = "/api/chat"
+            body = ollama_wire.engine_chat_body(req, model=model.name, thinking=p.thinking, settings=settings)
+        stream = await self.local.stream(path, body)
+        return stream.first, stream.rest()
+
+    async def _forward(
+        self, req: ChatRequest, p: Plan
+    ) -> tuple[list[Chunk], AsyncGenerator[list[Chunk], None]]:
+        # The mode travels explicitly: the answer must match the mode the route header promised.
+        up = replace(
+            req,
+            model=self.config.uplink.models.get(req.model, req.model),
+            mode=p.decision.mode,
+            metadata={**req.metadata, "edge_id": self.config.edge_id, "edge_reason": p.decision.reason},
+        )
+        stream = await self.uplink.chat(up)
+        return [stream.first], stream.rest()
+
+    async def complete(
+        self, req: ChatRequest, *, generate: ollama_wire.GenerateRequest | None = None
+    ) -> ChatResult:
+        """A whole answer, gathered from the stream."""
+        stream = await self.stream(req, generate=generate)
+        content: list[str] = []
+        reasoning: list[str] = []
+        calls: list[ToolCall] = []
+        finish = "stop"
+        usage = Usage()
+        async for batch in stream.batches():
+            for c in batch:
+                content.append(c.content)
+                reasoning.append(c.reasoning)
+                calls.extend(c.tool_calls)
+                finish = c.finish_reason or finish
+                usage = c.usage or usage
+        return ChatResult(
+            id=stream.id,
+            model=stream.model,
+            content="".join(content),
+            reasoning="".join(reasoning),
+            tool_calls=calls,
+            finish_reason=finish,
+            usage=usage,
+            created=stream.created,
+            route=stream.decision,
+        )
+
+    def count(self, face: str, decision: RouteDecision | None, status: str) -> None:
+        """One answered request in `tandem_edge_requests`."""
+        if decision is None:
+            self.metrics.requests.labels(face, "", "", "", status).inc()
+        else:
+            self.metrics.requests.labels(
+                face, decision.target.value, decision.mode.value, decision.reason, status
+            ).inc()
+
+    # --- in flight and draining ----------------------------------------------------------------
+
+    def _enter(self) -> None:
+        self._in_flight += 1
+        self._idle.clear()
+        self.metrics.in_flight.set(self._in_flight)
+
+    def _leave(self) -> None:
+        self._in_flight -= 1
+        self.metrics.in_flight.set(self._in_flight)
+        if self._in_flight == 0:
+            self._idle.set()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    async def drain(self, deadline_s: float) -> bool:
+        """Stops admitting requests and waits for those in flight; True when all finished."""
+        self.draining = True
+        try:
+            async with asyncio.timeout(deadline_s):
+                await self._idle.wait()
+            return True
+        except TimeoutError:
+            return False
+
+    # --- the gateway's models and the heartbeat --------------------------------------------------
+
+    async def cloud_models(self) -> list[pb.ModelInfo]:
+        """The gateway's models, cached for `uplink.models_cache_seconds`; stale or none while
+        the uplink is down (listing must not wait on a dead WAN)."""
+        loop = asyncio.get_running_loop()
+        fresh = loop.time() - self._cloud_models_at < self.config.uplink.models_cache_seconds
+        if fresh or not self.breaker.allows:
+            return self._cloud_models
+        try:
+            self._cloud_models = await self.uplink.list_models(self.config.breaker.probe_timeout_seconds)
+            self._cloud_models_at = loop.time()
+        except (UplinkDown, TandemError) as exc:
+            log.info("cloud_models_unavailable", error=str(exc))
+        return self._cloud_models
+
+    def heartbeat_request(self) -> pb.HeartbeatRequest:
+        local = self.local
+        return pb.HeartbeatRequest(
+            edge_id=self.config.edge_id,
+            group=self.config.group,
+            models=[pb.ServedModel(name=m.name, digest=m.digest) for m in local.models.values()],
+            in_flight=self._in_flight,
+            queued=max(0, local.in_flight - self.config.ollama.num_parallel),
+            healthy=local.available,
+            version=tandem_version(),
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.config.heartbeat_seconds
+        while True:
+            if self.breaker.allows:
+                try:
+                    reply = await self.uplink.heartbeat(self.heartbeat_request(), deadline_s=5.0)
+                except (UplinkDown, TandemError) as exc:
+                    log.info("heartbeat_failed", error=str(exc))
+                else:
+                    # The gateway says when to send the next one.
+                    interval = reply.interval_seconds or self.config.heartbeat_seconds
+                    for listener in self.heartbeat_listeners:
+                        listener(reply)
+            await asyncio.sleep(interval)

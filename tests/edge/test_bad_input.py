@@ -1,0 +1,93 @@
+"""Malformed, oversized and hostile input: a 4xx in the face's own error shape that names the
+problem, and the agent keeps serving."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import ollama
+import pytest
+from openai import AsyncOpenAI, BadRequestError
+
+from edge_agent.server import EdgeServer
+from tests.edge.conftest import LOCAL
+
+HELLO: list[Any] = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture
+async def http(edge: EdgeServer) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(base_url=edge.url) as session:
+        yield session
+
+
+async def post(http: aiohttp.ClientSession, path: str, data: bytes) -> tuple[int, dict[str, object]]:
+    async with http.post(path, data=data, headers={"Content-Type": "application/json"}) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def test_ollama_chat_without_a_body_is_400(http: aiohttp.ClientSession) -> None:
+    assert await post(http, "/api/chat", b"") == (400, {"error": "missing request body"})
+
+
+async def test_ollama_chat_with_broken_json_names_the_problem(http: aiohttp.ClientSession) -> None:
+    status, body = await post(http, "/api/chat", b'{"model": "qwen3:14b", "messages": [')
+    assert status == 400 and "not valid JSON" in str(body["error"])
+
+
+async def test_ollama_chat_without_a_model_says_so(http: aiohttp.ClientSession) -> None:
+    assert await post(http, "/api/chat", b'{"messages": []}') == (400, {"error": "model is required"})
+
+
+async def test_ollama_bad_think_value_names_the_field(ollama_client: ollama.AsyncClient) -> None:
+    with pytest.raises(ollama.ResponseError) as refused:
+        await ollama_client.chat(model=LOCAL, messages=HELLO, think="maximum")
+    assert refused.value.status_code == 400 and "think" in refused.value.error
+
+
+async def test_ollama_generate_without_a_prompt_is_400(http: aiohttp.ClientSession) -> None:
+    status, body = await post(http, "/api/generate", b'{"model": "qwen3:14b"}')
+    assert status == 400 and body == {"error": "prompt is required"}
+
+
+async def test_openai_bad_field_names_the_field(openai_client: AsyncOpenAI) -> None:
+    with pytest.raises(BadRequestError) as refused:
+        await openai_client.chat.completions.create(model=LOCAL, messages=HELLO, temperature=7)
+    assert refused.value.status_code == 400 and "temperature" in refused.value.message
+
+
+async def test_oversized_body_is_413_before_it_is_read(http: aiohttp.ClientSession) -> None:
+    status, body = await post(http, "/v1/chat/completions", b"x" * (512 * 1024))
+    assert status == 413 and "limit" in str(body["error"]["message"])  # type: ignore[index]
+
+
+async def test_bad_mode_header_is_400(http: aiohttp.ClientSession) -> None:
+    data = b'{"model": "qwen3:14b", "messages": [{"role": "user", "content": "hi"}]}'
+    async with http.post("/api/chat", data=data, headers={"x-tandem-mode": "turbo"}) as resp:
+        assert resp.status == 400 and "x-tandem-mode" in (await resp.json())["error"]
+
+
+async def test_unknown_ollama_route_answers_in_ollama_shape(http: aiohttp.ClientSession) -> None:
+    async with http.post("/api/embed", data=b"{}") as resp:
+        assert (
+            resp.status == 404
+            and "error" in await resp.json()
+            and "/api/embed" in (await resp.json())["error"]
+        )
+
+
+async def test_wrong_method_answers_in_openai_shape(http: aiohttp.ClientSession) -> None:
+    async with http.get("/v1/chat/completions") as resp:
+        assert resp.status == 405 and (await resp.json())["error"]["type"] == "invalid_request_error"
+
+
+async def test_the_agent_keeps_serving_after_bad_input(
+    http: aiohttp.ClientSession, ollama_client: ollama.AsyncClient
+) -> None:
+    for junk in (b"\xff\xfe", b"[]", b'{"model": 5}', b'{"model": "m", "messages": "x"}'):
+        status, _ = await post(http, "/api/chat", junk)
+        assert status == 400
+    reply = await ollama_client.chat(model=LOCAL, messages=HELLO, think=False)
+    assert reply.message.content
