@@ -13,6 +13,7 @@ import contextlib
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
@@ -26,6 +27,10 @@ from gateway.logs import get_logger
 from gateway.metrics import CONTENT_TYPE
 from gateway.wire import ollama as ollama_wire
 from gateway.wire import openai as openai_wire
+from proto.tandem.v1 import gateway_pb2 as pb
+
+if TYPE_CHECKING:
+    from edge_agent.model_sync import ModelSync
 
 log = get_logger("tandem.edge")
 
@@ -119,6 +124,8 @@ class EdgeServer:
         self._app = build_app(self.service, self.ready)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
+        self.model_sync: ModelSync | None = None
+        self._sync_task: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
@@ -143,15 +150,30 @@ class EdgeServer:
         self.ready.set()
 
     async def _start_model_sync(self) -> None:
-        """The seam for model distribution: when `config.model_sync` is set, a `ModelSync`
-        (edge_agent/model_sync.py) starts here as a task (`ModelSyncConfig.model_validate(
-        config.model_sync)`, `ollama_url=config.ollama.url`), is told the gateway's desired
-        version through `service.heartbeat_listeners` (`reply.desired_reference`), and is
-        stopped in `stop()`. The local engine sees the new model at its next refresh."""
-        if self.config.model_sync is not None:
-            log.warning(
-                "model_sync_not_wired", reason="model_sync is configured but not wired into the server"
-            )
+        """Model distribution: with `config.model_sync` set, a `ModelSync` keeps the served model
+        at the desired version in the background. The desired version comes from the config,
+        then from the gateway's heartbeat replies (rollouts, canaries, rollbacks); the heartbeat
+        reports back the version actually served. The local engine sees a switched model at its
+        next refresh."""
+        if self.config.model_sync is None:
+            return
+        from edge_agent.model_sync import ModelSync, ModelSyncConfig
+
+        sync = ModelSync(
+            ModelSyncConfig.model_validate(self.config.model_sync), ollama_url=self.config.ollama.url
+        )
+        self.model_sync = sync
+
+        def on_heartbeat(reply: pb.HeartbeatResponse) -> None:
+            if reply.desired_reference and reply.desired_reference != sync.state.desired:
+                try:
+                    sync.set_desired(reply.desired_reference)
+                except ValueError as exc:  # a reference this edge cannot parse: keep serving
+                    log.error("desired_reference_rejected", reference=reply.desired_reference, error=str(exc))
+
+        self.service.heartbeat_listeners.append(on_heartbeat)
+        self.service.served_versions = lambda: _served_versions(sync)
+        self._sync_task = asyncio.create_task(sync.run(), name="model-sync")
 
     async def stop(self) -> None:
         """Stops accepting, drains in-flight work up to the grace period, closes everything."""
@@ -160,6 +182,12 @@ class EdgeServer:
             await self._site.stop()  # closes the listening socket; open connections finish
         if not await self.service.drain(self.config.shutdown_grace_seconds):
             log.warning("drain_deadline_passed", in_flight=self.service.in_flight)
+        if self.model_sync is not None:
+            await self.model_sync.stop()
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sync_task
         if self._runner is not None:
             await self._runner.cleanup()
         await self.service.close()
@@ -190,3 +218,11 @@ async def serve(config: EdgeConfig, *, started_at: float | None = None) -> int:
         await server.stop()
     log.info("edge_stopped")
     return 0
+
+
+def _served_versions(sync: ModelSync) -> dict[str, tuple[str, str]]:
+    """Served name -> (registry reference, manifest digest) of the version sync switched to."""
+    current = sync.state.current
+    if current is None:
+        return {}
+    return {sync.config.served_name: (current.reference, current.digest)}

@@ -106,6 +106,9 @@ class EdgeService:
         self.uplink = Uplink(config.uplink, self.breaker, edge_id=config.edge_id)
         # Called with every heartbeat reply (model distribution listens here).
         self.heartbeat_listeners: list[Callable[[pb.HeartbeatResponse], None]] = []
+        # Served name -> (reference, manifest digest) of versions placed by model sync; the
+        # heartbeat reports them so the gateway can tell whether the edge matches its rollout.
+        self.served_versions: Callable[[], dict[str, tuple[str, str]]] = dict
         self._tasks: list[asyncio.Task[None]] = []
         self._cloud_models: list[pb.ModelInfo] = []
         self._cloud_models_at = -1e9
@@ -361,12 +364,20 @@ class EdgeService:
         return pb.HeartbeatRequest(
             edge_id=self.config.edge_id,
             group=self.config.group,
-            models=[pb.ServedModel(name=m.name, digest=m.digest) for m in local.models.values()],
+            models=self._served_models(),
             in_flight=self._in_flight,
             queued=max(0, local.in_flight - self.config.ollama.num_parallel),
             healthy=local.available,
             version=tandem_version(),
         )
+
+    def _served_models(self) -> list[pb.ServedModel]:
+        synced = self.served_versions()
+        out = []
+        for m in self.local.models.values():
+            reference, digest = synced.get(m.name, ("", m.digest))
+            out.append(pb.ServedModel(name=m.name, digest=digest, reference=reference))
+        return out
 
     async def _heartbeat_loop(self) -> None:
         interval = self.config.heartbeat_seconds
