@@ -1,10 +1,12 @@
 """Model distribution figures, against a real registry on loopback.
 
-    python -m bench.registry_pull [--size-mib 1024] [--runs 2] [--concurrency 4]
+    python -m bench.registry_pull [--size-mib 1024] [--runs 5] [--concurrency 4]
 
 Prints markdown:
-1. pull throughput of a ~1 GiB GGUF artifact (verified, written to the store) against `curl`
-   fetching the same blobs from the same registry with the same parallelism, as a ratio;
+1. pull throughput of a ~1 GiB GGUF artifact against `curl` fetching the same blobs from the
+   same registry with the same parallelism, run after run (median and min-max over the runs,
+   and the ratio within each run): download + verify (`assemble=False`), and end to end
+   (reassembled, whole-file verified, fsynced), the latter also against curl + `cat` + `sync`;
 2. bytes each kind of update moves (template, metadata key, one tensor) against the bytes
    that changed;
 3. bytes downloaded twice when a pull is killed (SIGKILL) at 50% and run again.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -28,18 +31,23 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import structlog
 
+from registry.chunking import DEFAULT_MAX_CHUNK
 from registry.pull import PullResult, pull_model
 from registry.push import ModelFiles, push_model
 from registry.reference import Reference, parse_reference
 from registry.store import Store
 
 MiB = 1 << 20
+GiB = 1 << 30
+CHUNK_BOUND = DEFAULT_MAX_CHUNK  # what push_model chunks GGUF tensor data into
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -72,7 +80,8 @@ def start_registry(root: Path) -> tuple[subprocess.Popen[bytes], str]:
 def write_gguf(
     path: Path, size_mib: int, *, metadata: dict[str, str] | None = None, bump: str | None = None
 ) -> Path:
-    """A GGUF of about `size_mib` MiB: blocks of q (16 MiB), k (16 MiB), up (32 MiB) in f32.
+    """A GGUF of about `size_mib` MiB: blocks of q (16 MiB), k (16 MiB), up (32 MiB) in f32
+    (one smaller block below 64 MiB, for smoke runs).
 
     Tensor data is generated per tensor from a seed derived from its name, so versions differ
     only where asked (`bump` adds 1.0 to one tensor, `metadata` adds header keys).
@@ -80,7 +89,7 @@ def write_gguf(
     import gguf
 
     blocks = max(1, size_mib // 64)
-    shapes = {"attn_q": (2048, 2048), "attn_k": (2048, 2048), "ffn_up": (4096, 2048)}
+    shapes = tensor_shapes(size_mib)
     names = [(f"blk.{b}.{t}.weight", shape) for b in range(blocks) for t, shape in shapes.items()]
     writer = gguf.GGUFWriter(path, "qwen3")
     writer.add_name("bench-qwen3")
@@ -103,13 +112,20 @@ def write_gguf(
     return path
 
 
+def tensor_shapes(size_mib: int) -> dict[str, tuple[int, int]]:
+    """The tensors of one block: 64 MiB of f32, or about `size_mib` MiB when that is less."""
+    rows = max(16, 2048 * min(size_mib, 64) // 64)
+    return {"attn_q": (rows, 2048), "attn_k": (rows, 2048), "ffn_up": (2 * rows, 2048)}
+
+
 def _seed(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
 
 
-async def timed_pull(ref: Reference, store_dir: Path, concurrency: int) -> PullResult:
-    shutil.rmtree(store_dir, ignore_errors=True)
-    return await pull_model(ref, Store(store_dir), plain_http=True, concurrency=concurrency)
+async def timed_pull(ref: Reference, store_dir: Path, concurrency: int, *, assemble: bool) -> PullResult:
+    return await pull_model(
+        ref, Store(store_dir), plain_http=True, concurrency=concurrency, assemble=assemble
+    )
 
 
 def curl_fetch(host: str, repo: str, digests: list[str], out: Path, concurrency: int) -> float:
@@ -123,51 +139,129 @@ def curl_fetch(host: str, repo: str, digests: list[str], out: Path, concurrency:
     return time.monotonic() - started
 
 
+def cat_and_fsync(parts: list[Path], dest: Path) -> float:
+    """What reassembly costs without verification: `cat` the parts into one file, `sync` it."""
+    started = time.monotonic()
+    with dest.open("wb") as out:
+        subprocess.run(["cat", *map(str, parts)], stdout=out, check=True)
+    subprocess.run(["sync", str(dest)], check=True)
+    elapsed = time.monotonic() - started
+    dest.unlink()
+    return elapsed
+
+
 def layer_digests(host: str, ref: Reference) -> list[tuple[str, int]]:
-    raw = httpx.get(
-        f"http://{host}/v2/{ref.repository}/manifests/{ref.target}",
-        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
-    ).json()
     seen: dict[str, int] = {}
-    for layer in raw["layers"]:
+    for layer in manifest_layers(host, ref):
         seen.setdefault(layer["digest"], layer["size"])
     return list(seen.items())
 
 
-def throughput_section(host: str, ref: Reference, work: Path, runs: int, concurrency: int) -> list[str]:
+def manifest_layers(host: str, ref: Reference) -> list[dict[str, Any]]:
+    raw = httpx.get(
+        f"http://{host}/v2/{ref.repository}/manifests/{ref.target}",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+    ).json()
+    return list(raw["layers"])
+
+
+@dataclass
+class Samples:
+    """Seconds and CPU seconds per run, and the same-run ratio of curl's time to this one's."""
+
+    seconds: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
+
+    def row(self, label: str, total: int) -> str:
+        mibs = [total / MiB / s for s in self.seconds]
+        ratio = (
+            f"{statistics.median(self.ratios):.2f}x ({min(self.ratios):.2f}-{max(self.ratios):.2f})"
+            if self.ratios
+            else "1x"
+        )
+        cpu = f"{statistics.median(self.cpu) / (total / GiB):.2f}" if self.cpu else ""
+        return (
+            f"| {label} | {statistics.median(self.seconds):.2f} | {statistics.median(mibs):.0f} "
+            f"| {min(mibs):.0f}-{max(mibs):.0f} | {ratio} | {cpu} |"
+        )
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its waited-for children so far (user + system)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def throughput_section(
+    host: str, ref: Reference, work: Path, runs: int, concurrency: int, figures: dict[str, Any]
+) -> list[str]:
     layers = layer_digests(host, ref)
     total = sum(size for _, size in layers)
-    curl_fetch(
-        host, ref.repository, [d for d, _ in layers], work / "curl", concurrency
-    )  # warm the page cache
-    ours, ours_total, theirs = [], [], []
-    for _ in range(runs):
-        result = asyncio.run(timed_pull(ref, work / "store-tp", concurrency))
-        ours.append(result.transfer_seconds)
-        ours_total.append(result.seconds)
-        theirs.append(curl_fetch(host, ref.repository, [d for d, _ in layers], work / "curl", concurrency))
-    o, t, ot = statistics.median(ours), statistics.median(theirs), statistics.median(ours_total)
+    digests = [d for d, _ in layers]
+    weights = sorted(
+        (int(layer["annotations"]["io.tandem.offset"]), layer["digest"])
+        for layer in manifest_layers(host, ref)
+        if layer["annotations"].get("io.tandem.role") == "weights"
+    )
+    curl_fetch(host, ref.repository, digests, work / "curl", concurrency)  # warm the page cache
+    curl, ours, ours_e2e, curl_cat = Samples(), Samples(), Samples(), Samples()
+    for _ in range(runs):  # each run: curl, then ours, so each ratio compares the same moment
+        cpu = cpu_seconds()
+        t = curl_fetch(host, ref.repository, digests, work / "curl", concurrency)
+        curl.seconds.append(t)
+        curl.cpu.append(cpu_seconds() - cpu)
+        c = t + cat_and_fsync([work / "curl" / d[7:] for _, d in weights], work / "curl-cat")
+        curl_cat.seconds.append(c)
+        curl_cat.cpu.append(cpu_seconds() - cpu)
+        shutil.rmtree(work / "store-tp", ignore_errors=True)
+        cpu = cpu_seconds()
+        dl = asyncio.run(timed_pull(ref, work / "store-tp", concurrency, assemble=False))
+        ours.cpu.append(cpu_seconds() - cpu)
+        ours.seconds.append(dl.transfer_seconds)
+        ours.ratios.append(t / dl.transfer_seconds)
+        shutil.rmtree(work / "store-tp", ignore_errors=True)
+        cpu = cpu_seconds()
+        e2e = asyncio.run(timed_pull(ref, work / "store-tp", concurrency, assemble=True))
+        ours_e2e.cpu.append(cpu_seconds() - cpu)
+        ours_e2e.seconds.append(e2e.seconds)
+        ours_e2e.ratios.append(t / e2e.seconds)
+        curl_cat.ratios.append(c / e2e.seconds)
     shutil.rmtree(work / "curl", ignore_errors=True)
+    shutil.rmtree(work / "store-tp", ignore_errors=True)
+    figures["throughput"] = {
+        "bytes": total,
+        "curl_s": curl.seconds,
+        "tandem_s": ours.seconds,  # download + verify
+        "tandem_end_to_end_s": ours_e2e.seconds,
+        "curl_cat_sync_s": curl_cat.seconds,
+        "cpu_s": {"curl": curl.cpu, "tandem": ours.cpu, "tandem_end_to_end": ours_e2e.cpu},
+    }
     return [
         "### Pull throughput (loopback registry, page cache warm)",
         "",
-        f"{len(layers)} layers, {total / MiB:.0f} MiB, {concurrency} parallel transfers, "
-        f"median of {runs} runs.",
+        f"{len(layers)} layers, {total / MiB:.0f} MiB, {concurrency} parallel transfers, {runs} runs; "
+        "each run fetches with curl and then pulls, and its ratio compares the two.",
         "",
-        "| client | seconds | MiB/s |",
-        "|---|---|---|",
-        f"| `curl --parallel` (no verification) | {t:.2f} | {total / MiB / t:.0f} |",
-        f"| `tandem model pull`: download + sha256 while streaming | {o:.2f} | {total / MiB / o:.0f} |",
-        f"| `tandem model pull` incl. reassembly + whole-file verify | {ot:.2f} | {total / MiB / ot:.0f} |",
+        "| client | seconds (median) | MiB/s (median) | MiB/s (min-max) "
+        "| vs curl, same run: median (min-max) | CPU s per GiB (client) |",
+        "|---|---|---|---|---|---|",
+        curl.row("`curl --parallel` (no verification, no fsync)", total),
+        ours.row("`tandem model pull`: download + sha256 while streaming", total),
+        ours_e2e.row("`tandem model pull` end to end: + reassembly, whole-file sha256, fsync", total),
+        curl_cat.row("`curl` + `cat` the chunks into one file + `sync` it (no verification)", total),
         "",
-        f"**Ratio (tandem download / curl): {t / o:.2f}x curl's throughput** "
-        f"({t / ot:.2f}x including reassembly).",
+        "The last row's ratio compares it with the end-to-end pull (its time / the pull's). CPU is "
+        "the client's own (user + system), not the registry's.",
         "",
     ]
 
 
-def update_section(host: str, ref: Reference, base: Path, work: Path, size_mib: int) -> list[str]:
+def update_section(
+    host: str, ref: Reference, base: Path, work: Path, size_mib: int, figures: dict[str, Any]
+) -> list[str]:
     rows = []
+    updates: list[dict[str, Any]] = figures.setdefault("updates", [])
     template_1 = work / "t1"
     template_1.write_text("{{ .System }}\n{{ .Prompt }}")
     push_model(ref, ModelFiles(base, template=template_1), plain_http=True)
@@ -178,6 +272,17 @@ def update_section(host: str, ref: Reference, base: Path, work: Path, size_mib: 
     def measure(kind: str, tag: str, files: ModelFiles, changed: int, note: str) -> None:
         pushed = push_model(ref.with_tag(tag), files, plain_http=True)
         result = asyncio.run(pull_model(ref.with_tag(tag), Store(store_dir), plain_http=True))
+        updates.append(
+            {
+                "kind": kind,
+                "changed": changed,
+                "pushed": pushed.uploaded_bytes,
+                "pulled": result.bytes_downloaded,
+                "layers_pulled": result.layers_downloaded,
+                "layers_total": result.layers_total,
+                "metadata": result.metadata_bytes,
+            }
+        )
         rows.append(
             f"| {kind} | {changed:,} ({note}) | {pushed.uploaded_bytes:,} | {result.bytes_downloaded:,} "
             f"| {result.layers_downloaded}/{result.layers_total} | {result.metadata_bytes:,} |"
@@ -204,7 +309,8 @@ def update_section(host: str, ref: Reference, base: Path, work: Path, size_mib: 
     meta.unlink()
     tensor = f"blk.{max(1, size_mib // 64) // 2}.attn_q.weight"
     bumped = write_gguf(work / "tensor.gguf", size_mib, bump=tensor)
-    measure("one tensor", "tensor", ModelFiles(bumped, template=template_1), 2048 * 2048 * 4, tensor)
+    rows_q, cols_q = tensor_shapes(size_mib)["attn_q"]
+    measure("one tensor", "tensor", ModelFiles(bumped, template=template_1), rows_q * cols_q * 4, tensor)
     bumped.unlink()
     return [
         "### Bytes moved per update (64 MiB chunk bound)",
@@ -219,7 +325,9 @@ def update_section(host: str, ref: Reference, base: Path, work: Path, size_mib: 
     ]
 
 
-def resume_section(host: str, ref: Reference, work: Path, concurrency: int) -> list[str]:
+def resume_section(
+    host: str, ref: Reference, work: Path, concurrency: int, figures: dict[str, Any]
+) -> list[str]:
     store = Store(work / "store-kill")
     shutil.rmtree(store.root, ignore_errors=True)
     store = Store(work / "store-kill")
@@ -256,6 +364,12 @@ def resume_section(host: str, ref: Reference, work: Path, concurrency: int) -> l
     result = asyncio.run(pull_model(ref, store, plain_http=True, concurrency=concurrency))
     config_bytes = result.metadata_bytes  # the config counted on disk at the kill is metadata
     twice = max(0, at_kill + result.bytes_downloaded - total - config_bytes)
+    figures["resume"] = {
+        "total": total,
+        "at_kill": at_kill,
+        "resumed": result.bytes_downloaded,
+        "twice": twice,
+    }
     return [
         "### Resume after `kill -9` at 50%",
         "",
@@ -266,12 +380,13 @@ def resume_section(host: str, ref: Reference, work: Path, concurrency: int) -> l
     ]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=4)
-    args = parser.parse_args()
+    parser.add_argument("--json", type=Path, help="also write the figures to this file as JSON")
+    args = parser.parse_args(argv)
     structlog.configure(  # stdout is the report; logs only when something is wrong
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
@@ -286,10 +401,13 @@ def main() -> None:
             f"## Model distribution bench ({os.cpu_count()} CPUs, {base.stat().st_size / MiB:.0f} MiB GGUF)",
             "",
         ]
-        out += throughput_section(host, ref, work, args.runs, args.concurrency)
-        out += resume_section(host, ref, work, args.concurrency)
-        out += update_section(host, ref.with_tag("u1"), base, work, args.size_mib)
+        figures: dict[str, Any] = {"size_bytes": base.stat().st_size, "chunk_bound": CHUNK_BOUND}
+        out += throughput_section(host, ref, work, args.runs, args.concurrency, figures)
+        out += resume_section(host, ref, work, args.concurrency, figures)
+        out += update_section(host, ref.with_tag("u1"), base, work, args.size_mib, figures)
         print("\n".join(out))
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2) + "\n")
     finally:
         proc.terminate()
         proc.wait()

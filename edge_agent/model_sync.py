@@ -3,7 +3,9 @@
 Given a desired reference (from the edge config now; from the gateway's heartbeat reply via
 `set_desired` once the fleet rollout lands), one sync:
 
-1. pulls the version into the local store (only missing layers; verified; resumable);
+1. pulls the version into the local store (only missing layers; verified; resumable); with
+   `require_signature`, a version not signed with `public_key` is refused here, so it is
+   never registered nor served;
 2. registers it with the local Ollama under a version-specific name
    (`qwen3:14b` -> `qwen3:14b-tandem-<12 hex of the manifest digest>`), uploading the weights
    only if Ollama lacks them;
@@ -36,7 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential, wait_random
 
 from registry.errors import BadReference, ManifestRejected, RegistryError
@@ -70,6 +72,16 @@ class ModelSyncConfig(BaseModel):
     retry_initial_seconds: float = Field(1.0, gt=0)
     retry_max_seconds: float = Field(300.0, gt=0)
     keep_weights_file: bool = False  # Ollama holds a copy once registered; the chunks stay for deltas
+    require_signature: bool = Field(
+        False, description="serve only versions signed with the key `public_key` (model-signing)"
+    )
+    public_key: Path | None = Field(None, description="EC public key (PEM) signatures must verify with")
+
+    @model_validator(mode="after")
+    def _key_for_signatures(self) -> ModelSyncConfig:
+        if self.require_signature and self.public_key is None:
+            raise ValueError("require_signature needs public_key")
+        return self
 
 
 class Version(BaseModel):
@@ -249,7 +261,13 @@ class ModelSync:
             ):
                 return "up_to_date"
             log.info("model_sync_plan", lines=plan.describe())
-            self.last_pull = await execute_pull(plan, client, self.store, concurrency=self.config.concurrency)
+            self.last_pull = await execute_pull(
+                plan,
+                client,
+                self.store,
+                concurrency=self.config.concurrency,
+                public_key=self.config.public_key if self.config.require_signature else None,
+            )
             name = versioned_name(served, plan.manifest_digest)
             if name not in self.state.created:
                 self.state.created.append(name)

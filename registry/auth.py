@@ -9,7 +9,8 @@ Credentials come from the environment first, then from a docker-style config fil
   docker credential helpers (`credHelpers`, `credsStore`).
 
 Push speaks to the registry through oras-py (`oras_registry` configures its auth backend);
-pull downloads with httpx (`RegistryAuth` answers Basic and Bearer challenges). Secrets are
+pull fetches manifests with httpx (`RegistryAuth` answers Basic and Bearer challenges) and
+its layer transfers send the header that answer produced (`RegistryAuth.header`). Secrets are
 never logged and never part of a repr.
 """
 
@@ -163,6 +164,11 @@ class RegistryAuth(httpx.Auth):
     def __init__(self, creds: Credentials) -> None:
         self._creds = creds
         self._header: str | None = f"Bearer {creds.token}" if creds.token else None
+
+    @property
+    def header(self) -> str | None:
+        """The Authorization header that last worked (for transfers outside httpx), if any."""
+        return self._header
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         raise NotImplementedError("RegistryAuth is used with httpx.AsyncClient")

@@ -129,6 +129,12 @@ def model() -> None:
     "--upload-chunk", type=SIZE, default="16MiB", show_default=True, help="Bytes per upload request."
 )
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option(
+    "--sign-key",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Sign the version with this EC private key (PEM; password in TANDEM_SIGN_KEY_PASSWORD).",
+)
 @common
 def push(
     reference: str,
@@ -141,6 +147,7 @@ def push(
     chunk_size: int,
     upload_chunk: int,
     concurrency: int,
+    sign_key: Path | None,
     plain_http: bool,
     as_json: bool,
 ) -> None:
@@ -171,6 +178,8 @@ def push(
                 concurrency=concurrency,
                 progress=progress,
                 packed=packed,
+                sign_key=sign_key,
+                sign_key_password=os.environ.get("TANDEM_SIGN_KEY_PASSWORD"),
             )
 
         def human() -> None:
@@ -178,7 +187,8 @@ def push(
                 f"[green]pushed[/] {result.reference} {result.manifest_digest}\n"
                 f"  uploaded {result.uploaded_blobs} blobs ({result.uploaded_bytes} bytes), "
                 f"skipped {result.skipped_blobs} already there ({result.skipped_bytes} bytes)"
-                + ("" if result.tag_written else "; tag already pointed here"),
+                + ("" if result.tag_written else "; tag already pointed here")
+                + (f"\n  signed: {result.signature}" if result.signature else ""),
                 highlight=False,
                 soft_wrap=True,
             )
@@ -194,6 +204,13 @@ def push(
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
 @click.option("--max-rate", type=SIZE, default=None, help="Bandwidth cap in bytes/s (e.g. 20MiB).")
 @click.option("--dry-run", is_flag=True, help="Show what would move, move nothing.")
+@click.option("--require-signature", is_flag=True, help="Refuse a version not signed with --public-key.")
+@click.option(
+    "--public-key",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="EC public key (PEM) the version's signature must verify with.",
+)
 @common
 def pull(
     reference: str,
@@ -201,10 +218,14 @@ def pull(
     concurrency: int,
     max_rate: int | None,
     dry_run: bool,
+    require_signature: bool,
+    public_key: Path | None,
     plain_http: bool,
     as_json: bool,
 ) -> None:
     """Pull REFERENCE into the local store: only missing layers, verified, resumable."""
+    if require_signature and public_key is None:
+        raise click.UsageError("--require-signature needs --public-key")
     from registry.progress import NullProgress, Progress, RichProgress
     from registry.pull import RegistryClient, execute_pull, plan_pull
     from registry.store import Store
@@ -233,7 +254,14 @@ def pull(
                 else RichProgress(plan.to_download_bytes, f"pull {ref.name}", console)
             )
             with progress if isinstance(progress, RichProgress) else contextlib.nullcontext():
-                result = await execute_pull(plan, client, store, concurrency=concurrency, progress=progress)
+                result = await execute_pull(
+                    plan,
+                    client,
+                    store,
+                    concurrency=concurrency,
+                    progress=progress,
+                    public_key=public_key if require_signature else None,
+                )
             return {**result.summary(), "plan": plan_json}, lines
 
     def body() -> None:
@@ -249,7 +277,8 @@ def pull(
                 f"[green]pulled[/] {summary['reference']} {summary['digest']}\n"
                 f"  downloaded {summary['layers']['downloaded']} layers ({b['downloaded']} bytes), "
                 f"reused {summary['layers']['reused']} ({b['reused']} bytes) in {summary['seconds']} s "
-                f"({summary['throughput_bytes_per_s'] / 2**20:.1f} MiB/s)\n  weights: {summary['weights']}",
+                f"({summary['throughput_bytes_per_s'] / 2**20:.1f} MiB/s)\n  weights: {summary['weights']}"
+                + (f"\n  signature verified: {summary['signature']}" if summary["signature"] else ""),
                 highlight=False,
                 soft_wrap=True,
             )

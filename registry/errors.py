@@ -75,3 +75,29 @@ class RegistrationFailed(RegistryError):
     """Ollama refused a blob or a model create."""
 
     exit_code = 10
+
+
+def status_error(status: int, what: str, registry: str, repository: str) -> RegistryError | None:
+    """The named error a registry's HTTP status means for a read (None for 200 and 206).
+
+    The one place registry statuses become errors, for both download paths (`registry.pull`
+    over httpx, `registry.download` over http.client).
+    """
+    if status in (200, 206):
+        return None
+    if status == 404:
+        return NotFound(f"{what} not found on {registry}")
+    if status in (401, 403):
+        return AuthFailed(
+            f"{registry} refused access to {repository} (HTTP {status}); "
+            "set TANDEM_REGISTRY_USERNAME/PASSWORD or log in with a docker-style config"
+        )
+    if status >= 500 or status == 429:
+        return RegistryUnavailable(f"{registry} answered HTTP {status} for {what}")
+    return RegistryError(f"{registry} answered HTTP {status} for {what}")
+
+
+class SignatureRejected(RegistryError):
+    """A version that must be signed is unsigned, or its signature does not verify."""
+
+    exit_code = 11

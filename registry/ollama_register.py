@@ -20,6 +20,7 @@ import ollama
 import structlog
 
 from registry.artifact import ModelConfig
+from registry.assembly import assemble
 from registry.errors import RegistrationFailed
 from registry.store import Store
 
@@ -142,7 +143,7 @@ async def register(target: OllamaTarget, model: str, store: Store, manifest_dige
     """Creates `model` in Ollama from a pulled version (weights reassembled in the store)."""
     config = store.load_config(manifest_digest)
     weights = config.tandem.weights
-    weights_path = await asyncio.to_thread(store.assemble, config)  # a no-op when already there
+    weights_path = await asyncio.to_thread(assemble, store, config)  # a no-op when already there
     uploads = [(weights.digest, weights_path, weights.size)]
     adapters: dict[str, str] = {}
     if config.tandem.ollama.adapter is not None:

@@ -4,29 +4,37 @@
    anything hostile (`registry.artifact`).
 2. Plan by digest against the store: each layer is present (reused), partially downloaded
    (resumed from where it stopped) or missing. The plan is reported before a byte moves.
-3. Download the missing blobs in parallel with httpx: a partial file grows under
-   `partial/`, an interrupted transfer resumes with an HTTP Range request, the sha256 is
-   computed while streaming, and only a verified blob is renamed into `blobs/`. A blob whose
-   bytes do not match its digest is discarded and fetched once more from scratch; a second
-   mismatch fails with a message that names the blob.
-4. Reassemble the weights file from its chunks and verify the whole file's digest and size.
+3. Download the missing blobs in parallel (`registry.download`: a thread per transfer): a
+   partial file grows under `partial/`, an interrupted transfer resumes with an HTTP Range
+   request, the sha256 is computed while streaming, and only a verified blob is renamed into
+   `blobs/`. A blob whose bytes do not match its digest is discarded and fetched once more
+   from scratch; a second mismatch fails with a message that names the blob.
+4. Meanwhile reassemble the weights file (`registry.assembly`): each chunk is appended as soon
+   as it and the chunks before it are in the store, hashing what is written; the whole file's
+   digest and size are verified, it is fsynced and renamed into place.
 
-oras-py has no parallel, resumable or verified download, so this part is our own.
+With a public key, the version must be signed (`registry.signature`): an unsigned one is
+refused before a byte moves, one whose files do not match the signature before its weights
+file is put in place.
+
+Manifests, configs and the auth handshake go over httpx. oras-py has no parallel, resumable
+or verified download, so this part is our own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 import structlog
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from registry.artifact import (
     DEFAULT_LIMITS,
@@ -39,33 +47,31 @@ from registry.artifact import (
     parse_config,
     parse_manifest,
 )
+from registry.assembly import Assembler
 from registry.auth import Credentials, RegistryAuth, resolve_credentials
+from registry.download import BlobFetcher
 from registry.errors import (
-    AuthFailed,
     DigestMismatch,
     ManifestRejected,
     NotFound,
     RegistryError,
     RegistryUnavailable,
+    SignatureRejected,
+    status_error,
 )
 from registry.progress import NullProgress, Progress
 from registry.reference import Reference
-from registry.store import Store, disk_errors
+from registry.signature import (
+    MAX_BUNDLE_BYTES,
+    MAX_SIGNATURE_MANIFEST_BYTES,
+    model_files,
+    parse_signature_manifest,
+    signature_tag,
+    verify_files,
+)
+from registry.store import Store
 
 log = structlog.get_logger("registry.pull")
-
-_HASH_READ = 4 << 20
-
-
-class _Transient(Exception):
-    """A transfer that stopped for a reason worth resuming (connection lost, 5xx)."""
-
-
-class _Mismatch(Exception):
-    def __init__(self, actual: str, reason: str) -> None:
-        super().__init__(reason)
-        self.actual = actual
-        self.reason = reason
 
 
 @dataclass
@@ -132,6 +138,7 @@ class PullResult:
     bytes_resumed: int = 0
     metadata_bytes: int = 0
     refetched: int = 0
+    signature: str | None = None  # the tag of the signature verified, when one was required
     seconds: float = 0.0  # the whole pull, reassembly included
     transfer_seconds: float = 0.0  # downloads only
     downloaded: list[str] = field(default_factory=list)
@@ -159,6 +166,7 @@ class PullResult:
                 "metadata": self.metadata_bytes,
             },
             "refetched": self.refetched,
+            "signature": self.signature,
             "seconds": round(self.seconds, 3),
             "transfer_seconds": round(self.transfer_seconds, 3),
             "throughput_bytes_per_s": round(self.throughput),
@@ -171,21 +179,6 @@ def _h(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"
-
-
-class _RateLimit:
-    """A shared byte budget per second across all downloads (`--max-rate`)."""
-
-    def __init__(self, rate: int) -> None:
-        self._rate = rate
-        self._start = time.monotonic()
-        self._sent = 0
-
-    async def consume(self, n: int) -> None:
-        self._sent += n
-        ahead = self._sent / self._rate - (time.monotonic() - self._start)
-        if ahead > 0:
-            await asyncio.sleep(ahead)
 
 
 class RegistryClient:
@@ -205,20 +198,44 @@ class RegistryClient:
         self.ref = ref
         self.limits = limits
         self._base = f"{'http' if plain_http else 'https'}://{ref.registry}/v2/{ref.repository}"
+        self._auth = RegistryAuth(creds or resolve_credentials(ref.registry))
+        tls = None if plain_http else httpx.create_ssl_context()  # one trust store for both paths
         self._client = httpx.AsyncClient(
-            auth=RegistryAuth(creds or resolve_credentials(ref.registry)),
+            auth=self._auth,
+            verify=tls if tls is not None else True,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             follow_redirects=True,  # registries may redirect blob GETs to object storage
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
         )
-        self._rate = _RateLimit(max_rate) if max_rate else None
-        self._retries = retries
+        self._blobs = BlobFetcher(
+            base=self._base,
+            registry=ref.registry,
+            repository=ref.repository,
+            authorization=lambda: self._auth.header,
+            reauth=self._reauth,
+            ssl_context=tls,
+            timeout=timeout,
+            max_rate=max_rate,
+            retries=retries,
+        )
 
     async def __aenter__(self) -> RegistryClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self._blobs.aclose()
         await self._client.aclose()
+
+    async def _reauth(self, url: str) -> None:
+        """Answers the registry's challenge for `url` through httpx, renewing `_auth.header`."""
+        try:
+            resp = await self._client.head(url)
+        except httpx.TransportError as exc:
+            raise RegistryUnavailable(
+                f"cannot reach {self.ref.registry}: {exc.__class__.__name__}: {exc}"
+            ) from None
+        if resp.status_code in (401, 403):
+            self._check_status(resp, f"layer at {url}")
 
     async def _read_capped(
         self, url: str, cap: int, what: str, headers: dict[str, str] | None = None
@@ -238,18 +255,9 @@ class RegistryClient:
             ) from None
 
     def _check_status(self, resp: httpx.Response, what: str) -> None:
-        if resp.status_code in (200, 206):
-            return
-        if resp.status_code == 404:
-            raise NotFound(f"{what} not found on {self.ref.registry}")
-        if resp.status_code in (401, 403):
-            raise AuthFailed(
-                f"{self.ref.registry} refused access to {self.ref.repository} (HTTP {resp.status_code}); "
-                "set TANDEM_REGISTRY_USERNAME/PASSWORD or log in with a docker-style config"
-            )
-        if resp.status_code >= 500 or resp.status_code == 429:
-            raise RegistryUnavailable(f"{self.ref.registry} answered HTTP {resp.status_code} for {what}")
-        raise RegistryError(f"{self.ref.registry} answered HTTP {resp.status_code} for {what}")
+        err = status_error(resp.status_code, what, self.ref.registry, self.ref.repository)
+        if err is not None:
+            raise err
 
     async def manifest(self, target: str) -> tuple[bytes, str]:
         """The raw manifest and its verified digest."""
@@ -281,115 +289,26 @@ class RegistryClient:
             raise DigestMismatch(f"{what} {digest} has the wrong content ({len(data)} bytes, {actual})")
         return data
 
+    async def signature(self, manifest_digest: str) -> bytes | None:
+        """The signature bundle kept for `manifest_digest` (verified by its digest), or None."""
+        tag = signature_tag(manifest_digest)
+        try:
+            _, raw = await self._read_capped(
+                f"{self._base}/manifests/{tag}",
+                MAX_SIGNATURE_MANIFEST_BYTES,
+                f"signature {tag}",
+                headers={"Accept": OCI_MANIFEST},
+            )
+        except NotFound:
+            return None
+        digest, size = parse_signature_manifest(raw, manifest_digest)
+        return await self.small_blob(digest, size, MAX_BUNDLE_BYTES, "signature bundle")
+
     async def download(
-        self, blob: BlobPlan, store: Store, progress: Progress, on_bytes: Callable[[int], None]
+        self, blob: BlobPlan, store: Store, progress: Progress, on_refetch: Callable[[], None]
     ) -> int:
         """Fetches `blob` into the store (resuming a partial file); returns bytes moved."""
-        moved = 0
-        for attempt in (1, 2):
-            try:
-                moved += await self._fetch_with_retries(blob, store, progress, on_bytes)
-            except _Mismatch as mismatch:
-                store.discard_partial(blob.digest)
-                if attempt == 2:
-                    raise DigestMismatch(
-                        f"layer {blob.digest} ({blob.label}) from {self.ref.registry} failed "
-                        f"verification twice: {mismatch.reason} (got {mismatch.actual}); "
-                        "the registry's copy is corrupt, re-push it"
-                    ) from None
-                log.warning("blob_rejected_refetching", digest=blob.digest, reason=mismatch.reason)
-                on_bytes(-1)  # tells the caller a refetch happened
-                continue
-            with disk_errors("storing a layer"):
-                store.commit_partial(blob.digest)
-            return moved
-        raise AssertionError("unreachable")
-
-    async def _fetch_with_retries(
-        self, blob: BlobPlan, store: Store, progress: Progress, on_bytes: Callable[[int], None]
-    ) -> int:
-        moved = 0
-        try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(_Transient),
-                stop=stop_after_attempt(self._retries),
-                wait=wait_exponential(multiplier=0.25, max=8),
-                reraise=True,
-            ):
-                with attempt:
-                    moved += await self._fetch_once(blob, store, progress, on_bytes)
-        except _Transient as exc:
-            raise RegistryUnavailable(
-                f"download of {blob.digest[:19]} ({blob.label}) kept failing: {exc}"
-            ) from None
-        return moved
-
-    async def _fetch_once(
-        self, blob: BlobPlan, store: Store, progress: Progress, on_bytes: Callable[[int], None]
-    ) -> int:
-        path = store.partial_path(blob.digest)
-        have = store.partial_size(blob.digest)
-        if have > blob.size:
-            store.discard_partial(blob.digest)
-            have = 0
-        hasher = hashlib.sha256()
-        if have:
-            await asyncio.to_thread(_hash_prefix, path, have, hasher)
-        moved = 0
-        if have < blob.size:
-            headers = {"Range": f"bytes={have}-"} if have else {}
-            try:
-                async with self._client.stream(
-                    "GET", f"{self._base}/blobs/{blob.digest}", headers=headers
-                ) as resp:
-                    if resp.status_code == 416:
-                        store.discard_partial(blob.digest)
-                        raise _Transient("registry refused the resume range; restarting the layer")
-                    try:
-                        self._check_status(resp, f"layer {blob.digest}")
-                    except RegistryUnavailable as exc:
-                        raise _Transient(str(exc)) from None
-                    if have and (resp.status_code != 206 or not _range_starts_at(resp, have)):
-                        have, hasher = 0, hashlib.sha256()  # no Range support: start over
-                    announced = _announced_total(resp, have)
-                    if announced is not None and announced != blob.size:
-                        store.discard_partial(blob.digest)
-                        raise ManifestRejected(
-                            f"layer {blob.digest} ({blob.label}): the manifest says {blob.size} bytes "
-                            f"but the registry holds {announced}: refusing a manifest whose sizes lie"
-                        )
-                    with disk_errors("downloading a layer"), path.open("r+b" if have else "wb") as out:
-                        out.seek(have)
-                        out.truncate()
-                        sink = _Sink(out, hasher)
-                        try:
-                            async for chunk in resp.aiter_raw():
-                                if have + len(chunk) > blob.size:
-                                    await sink.drain()
-                                    out.close()
-                                    store.discard_partial(blob.digest)
-                                    raise ManifestRejected(
-                                        f"layer {blob.digest} ({blob.label}): the registry sent more than "
-                                        f"the {blob.size} bytes the manifest declares"
-                                    )
-                                await sink.add(chunk)
-                                have += len(chunk)
-                                moved += len(chunk)
-                                progress.advance(blob.digest, len(chunk))
-                                on_bytes(len(chunk))
-                                if self._rate:
-                                    await self._rate.consume(len(chunk))
-                            await sink.flush()
-                        finally:
-                            await sink.drain()
-            except httpx.TransportError as exc:
-                raise _Transient(f"{exc.__class__.__name__}: {exc}") from None
-            if have < blob.size:
-                raise _Transient(f"connection ended after {have} of {blob.size} bytes")
-        actual = "sha256:" + hasher.hexdigest()
-        if actual != blob.digest:
-            raise _Mismatch(actual, "content does not match the digest")
-        return moved
+        return await self._blobs.fetch(blob.digest, blob.size, blob.label, store, progress, on_refetch)
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -406,67 +325,6 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     walk(group)
     named = [e for e in leaves if isinstance(e, RegistryError)]
     return (named or leaves)[0]
-
-
-class _Sink:
-    """Hashes and writes a download off the event loop, 256 KiB at a time, one batch in flight.
-
-    sha256 and file writes release the GIL, so with several downloads running the network
-    reads of one overlap the hashing and writing of another.
-    """
-
-    _BATCH = 256 << 10
-
-    def __init__(self, out: Any, hasher: Any) -> None:
-        self._out = out
-        self._hasher = hasher
-        self._buf = bytearray()
-        self._pending: asyncio.Future[None] | None = None
-
-    def _write(self, data: bytearray) -> None:
-        self._hasher.update(data)
-        self._out.write(data)
-
-    async def add(self, chunk: bytes) -> None:
-        self._buf += chunk
-        if len(self._buf) >= self._BATCH:
-            await self.flush()
-
-    async def flush(self) -> None:
-        await self.drain()
-        if self._buf:
-            data, self._buf = self._buf, bytearray()
-            self._pending = asyncio.ensure_future(asyncio.to_thread(self._write, data))
-
-    async def drain(self) -> None:
-        """Waits for the batch in flight; afterwards the file holds every byte handed off."""
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            await pending
-
-
-def _announced_total(resp: httpx.Response, have: int) -> int | None:
-    """The blob's full size as the response states it (Content-Range total or Content-Length)."""
-    if resp.status_code == 206:
-        total = resp.headers.get("Content-Range", "").rpartition("/")[2]
-        return int(total) if total.isdigit() else None
-    length = resp.headers.get("Content-Length")
-    return int(length) if length and length.isdigit() else None
-
-
-def _range_starts_at(resp: httpx.Response, start: int) -> bool:
-    value = resp.headers.get("Content-Range", "")
-    return value.startswith(f"bytes {start}-")
-
-
-def _hash_prefix(path: Path, n: int, hasher: Any) -> None:
-    with path.open("rb") as f:
-        while n > 0:
-            buf = f.read(min(_HASH_READ, n))
-            if not buf:
-                break
-            hasher.update(buf)
-            n -= len(buf)
 
 
 async def fetch_artifact(
@@ -510,8 +368,16 @@ async def execute_pull(
     concurrency: int = 4,
     progress: Progress | None = None,
     assemble: bool = True,
+    public_key: Path | None = None,
 ) -> PullResult:
-    """Moves what the plan says is missing, verifies it, and reassembles the weights file."""
+    """Moves what the plan says is missing, verifies it, and reassembles the weights file.
+
+    With `public_key` the version must be signed (`registry.signature`) with the matching
+    private key: an unsigned version is refused before a byte moves, and one whose files do
+    not match its signature is refused before its weights file is put in place.
+    """
+    if public_key is not None and not assemble:
+        raise ValueError("verifying a signature needs the reassembled weights file (assemble=True)")
     progress = progress or NullProgress()
     started = time.monotonic()
     result = PullResult(
@@ -527,11 +393,12 @@ async def execute_pull(
         0 if not assemble or store.file_path(weights.digest).exists() else weights.size
     )
     store.ensure_space(needed, f"pulling {plan.ref}")
+    bundle = await _required_signature(client, plan) if public_key is not None else None
     sem = asyncio.Semaphore(max(1, concurrency))
+    assembler = Assembler(store, plan.config) if assemble else None
 
-    def count(n: int) -> None:
-        if n < 0:
-            result.refetched += 1
+    def refetched() -> None:
+        result.refetched += 1
 
     async def one(blob: BlobPlan) -> None:
         async with sem:
@@ -541,8 +408,10 @@ async def execute_pull(
                 return
             have = store.partial_size(blob.digest)
             progress.start(blob.digest, f"{blob.label[:40]} {blob.digest[7:19]}", blob.size - have)
-            moved = await client.download(blob, store, progress, count)
+            moved = await client.download(blob, store, progress, refetched)
             progress.finish(blob.digest)
+            if assembler:
+                assembler.chunk_ready()
             result.layers_downloaded += 1
             result.bytes_downloaded += moved
             result.bytes_resumed += blob.size - moved if moved < blob.size else 0
@@ -552,20 +421,52 @@ async def execute_pull(
         present = [b for b in plan.blobs if b.state == "present" and store.has(b.digest)]
         result.layers_reused += len(present)
         result.bytes_reused += sum(b.size for b in present)
+        # The weights file is assembled beside the downloads, chunk by chunk as they land.
+        assembling = _in_own_thread(assembler.run) if assembler else None
         try:
             async with asyncio.TaskGroup() as group:
                 for blob in plan.blobs:
                     if blob not in present:
                         group.create_task(one(blob))
+            result.transfer_seconds = time.monotonic() - started
+            if assembler and assembling:
+                await assembling
+                if public_key is not None and bundle is not None:
+                    files = model_files(plan.config, assembler.built, store.blob_path)
+                    await asyncio.to_thread(verify_files, files, bundle, public_key, str(plan.ref))
+                    result.signature = signature_tag(plan.manifest_digest)
+                result.weights_path = await asyncio.to_thread(assembler.commit)
         except BaseExceptionGroup as group_error:
             raise _first_error(group_error) from None
-        result.transfer_seconds = time.monotonic() - started
-        if assemble:
-            result.weights_path = await asyncio.to_thread(store.assemble, plan.config)
+        finally:
+            if assembler and assembling and result.weights_path is None:
+                assembler.cancel()  # the pull failed: the assembler stops, its file is dropped
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(assembling)
+                assembler.discard()
         store.put_manifest(plan.manifest_digest, plan.manifest_raw)
         result.seconds = time.monotonic() - started
     log.info("model_pulled", **result.summary())
     return result
+
+
+async def _required_signature(client: RegistryClient, plan: PullPlan) -> bytes:
+    bundle = await client.signature(plan.manifest_digest)
+    if bundle is None:
+        raise SignatureRejected(
+            f"{plan.ref} ({plan.manifest_digest}) is not signed (no {signature_tag(plan.manifest_digest)} "
+            "in the registry) and this pull requires a signature"
+        )
+    return bundle
+
+
+def _in_own_thread(fn: Callable[[], None]) -> asyncio.Future[None]:
+    """Runs `fn` in a thread of its own (it may wait a long time; it must not hold a worker of
+    a shared pool), as a future of the running loop."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="assemble")
+    future = asyncio.get_running_loop().run_in_executor(pool, fn)
+    pool.shutdown(wait=False)  # the thread ends with `fn`
+    return future
 
 
 async def pull_model(
@@ -580,8 +481,11 @@ async def pull_model(
     on_plan: Callable[[PullPlan], None] | None = None,
     limits: Limits = DEFAULT_LIMITS,
     assemble: bool = True,
+    public_key: Path | None = None,
 ) -> PullResult:
-    """Plans, reports the plan to `on_plan`, then pulls. The one-call form the CLI and edge use."""
+    """Plans, reports the plan to `on_plan`, then pulls. The one-call form the CLI and edge use.
+
+    `public_key`: require a signature that verifies with it (see `execute_pull`)."""
     async with RegistryClient(
         ref, plain_http=plain_http, creds=creds, limits=limits, max_rate=max_rate
     ) as client:
@@ -589,5 +493,11 @@ async def pull_model(
         if on_plan:
             on_plan(plan)
         return await execute_pull(
-            plan, client, store, concurrency=concurrency, progress=progress, assemble=assemble
+            plan,
+            client,
+            store,
+            concurrency=concurrency,
+            progress=progress,
+            assemble=assemble,
+            public_key=public_key,
         )

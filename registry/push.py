@@ -4,7 +4,8 @@
 inputs always give the same digests. `push_model` then uploads only the blobs the registry
 lacks (a HEAD per blob), large ones in chunks read straight from the file (memory stays at
 one chunk per worker however large the model), and writes the tag last, after every blob
-is in: a reader never sees a tag whose blobs are missing.
+is in: a reader never sees a tag whose blobs are missing. With a signing key, the signature
+(`registry.signature`) is pushed before the tag too.
 
 The registry protocol and its auth go through oras-py's `Registry` (its session, auth
 backends and URL helpers); the upload loop is ours because oras-py reads whole files and
@@ -39,6 +40,7 @@ from registry.artifact import (
     SETTING_ROLES,
     canonical_json,
     chunk_label,
+    parse_config,
     sha256_digest,
 )
 from registry.auth import Credentials, oras_registry, resolve_credentials
@@ -46,6 +48,14 @@ from registry.chunking import DEFAULT_MAX_CHUNK, ChunkedFile, chunk_file
 from registry.errors import AuthFailed, BadModelFile, NotFound, RegistryError, RegistryUnavailable
 from registry.progress import NullProgress, Progress
 from registry.reference import Reference
+from registry.signature import (
+    EMPTY_CONFIG,
+    FileSource,
+    model_files,
+    sign_files,
+    signature_manifest,
+    signature_tag,
+)
 
 log = structlog.get_logger("registry.push")
 
@@ -102,6 +112,7 @@ class PushResult:
     tag_written: bool = False
     seconds: float = 0.0
     uploaded: list[str] = field(default_factory=list)
+    signature: str | None = None  # the tag of the signature pushed with it
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -112,6 +123,7 @@ class PushResult:
             "skipped_blobs": self.skipped_blobs,
             "skipped_bytes": self.skipped_bytes,
             "tag_written": self.tag_written,
+            "signature": self.signature,
             "seconds": round(self.seconds, 3),
         }
 
@@ -436,6 +448,38 @@ def _expect(resp: requests.Response, ok: tuple[int, ...], what: str) -> None:
     raise RegistryError(f"{what}: registry answered HTTP {resp.status_code}{': ' + detail if detail else ''}")
 
 
+def push_signature(
+    repo: RemoteRepository,
+    files: ModelFiles,
+    packed: PackedModel,
+    sign_key: Path,
+    password: str | None = None,
+) -> str:
+    """Signs the version and pushes the signature (model manifest by digest first, so the
+    signature's subject exists); returns the signature's tag."""
+    config = parse_config(packed.config)
+    blobs = {b.digest: b for b in packed.blobs}
+
+    def setting(digest: str) -> FileSource:
+        blob = blobs[digest]
+        if blob.data is not None:
+            return blob.data
+        assert blob.path is not None  # a setting is either read (text) or a file (adapter)
+        return blob.path
+
+    bundle = sign_files(model_files(config, files.gguf, setting), sign_key, password)
+    if repo.manifest_digest(packed.manifest_digest) != packed.manifest_digest:
+        repo.put_manifest(packed.manifest_digest, packed.manifest)
+    for data, label in ((EMPTY_CONFIG, "empty config"), (bundle, "signature")):
+        blob = BlobSource(sha256_digest(data), len(data), label, data=data)
+        if not repo.blob_exists(blob.digest):
+            repo.upload(blob, len(data), lambda n: None)
+    tag = signature_tag(packed.manifest_digest)
+    repo.put_manifest(tag, signature_manifest(bundle, packed.manifest_digest, len(packed.manifest)))
+    log.info("model_signed", manifest=packed.manifest_digest, tag=tag)
+    return tag
+
+
 def push_model(
     ref: Reference,
     files: ModelFiles,
@@ -447,8 +491,15 @@ def push_model(
     creds: Credentials | None = None,
     progress: Progress | None = None,
     packed: PackedModel | None = None,
+    sign_key: Path | None = None,
+    sign_key_password: str | None = None,
 ) -> PushResult:
-    """Pushes one version; blobs first (only the missing ones), the tag last."""
+    """Pushes one version; blobs first (only the missing ones), the tag last.
+
+    With `sign_key` (an EC private key, PEM) the version is signed (`registry.signature`) and
+    the signature pushed beside it before the tag is written, so a tag never shows a signed
+    version without its signature.
+    """
     if ref.tag is None:
         raise RegistryError("push needs a tag: REGISTRY/models/NAME:TAG")
     progress = progress or NullProgress()
@@ -485,6 +536,8 @@ def push_model(
         for future in [pool.submit(one, b) for b in packed.blobs]:
             future.result()
     repo = remote()
+    if sign_key is not None:
+        result.signature = push_signature(repo, files, packed, sign_key, sign_key_password)
     if repo.manifest_digest(ref.tag) != packed.manifest_digest:
         repo.put_manifest(ref.tag, packed.manifest)
         result.tag_written = True

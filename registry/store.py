@@ -6,6 +6,7 @@ Layout under the root (every name is a digest we validated, never a name from a 
     partial/sha256/<hex>    downloads in progress; their length is where a resume starts
     manifests/sha256/<hex>  manifests pulled, as the registry sent them
     files/sha256/<hex>      reassembled weights files, verified against the config's digest
+                            (built by `registry.assembly`)
     .lock                   held (flock) while a pull writes, so two pullers never collide
 
 A blob enters `blobs/` only by rename after its digest was verified, so anything in `blobs/`
@@ -21,7 +22,7 @@ import fcntl
 import hashlib
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import structlog
@@ -31,7 +32,6 @@ from registry.errors import DigestMismatch, DiskFull, ManifestRejected, Registry
 
 log = structlog.get_logger("registry.store")
 
-_COPY = 4 << 20
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -130,39 +130,6 @@ class Store:
         with disk_errors(f"writing {dest.name[:12]}"):
             tmp.write_bytes(data)
             os.replace(tmp, dest)
-
-    # -- reassembly
-    def assemble(self, config: ModelConfig, on_bytes: Callable[[int], None] | None = None) -> Path:
-        """Concatenates the chunks into the weights file and verifies its digest and size."""
-        weights = config.tandem.weights
-        dest = self.file_path(weights.digest)
-        if dest.is_file() and dest.stat().st_size == weights.size:
-            return dest
-        self.ensure_space(weights.size, "reassembling the weights file")
-        tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-        whole = hashlib.sha256()
-        try:
-            with disk_errors("reassembling the weights file"), tmp.open("wb") as out:
-                for chunk in config.tandem.chunks:
-                    with self.blob_path(chunk.digest).open("rb") as src:
-                        while buf := src.read(_COPY):
-                            whole.update(buf)
-                            out.write(buf)
-                            if on_bytes:
-                                on_bytes(len(buf))
-                out.flush()
-                os.fsync(out.fileno())
-            actual = "sha256:" + whole.hexdigest()
-            size = tmp.stat().st_size
-            if actual != weights.digest or size != weights.size:
-                raise DigestMismatch(
-                    f"reassembled {weights.filename} is {size} bytes with digest {actual}, "
-                    f"but the config says {weights.size} bytes, {weights.digest}"
-                )
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return dest
 
     # -- bookkeeping
     @contextlib.contextmanager
