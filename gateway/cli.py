@@ -21,6 +21,13 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "up": ("edge_agent.stack:up", "Run the whole stack on this machine."),
 }
 
+# Commands one subsystem adds to another's group, loaded with that group. The registry owns
+# `tandem model` and never imports the gateway; rolling a version out to the fleet is the
+# gateway's business (its heartbeat replies carry it), so the gateway contributes these two.
+EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "model": ("gateway.fleet_commands:rollout", "gateway.fleet_commands:rollback"),
+}
+
 
 def tandem_version() -> str:
     try:
@@ -49,12 +56,24 @@ class LazyGroup(click.Group):
             return _unavailable(cmd_name, target[1])
         command = getattr(module, attr)
         assert isinstance(command, click.Command)
+        if isinstance(command, click.Group):
+            _extend(command, EXTENSIONS.get(cmd_name, ()))
         return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Help from the static map: listing commands must not import every subsystem.
         with formatter.section("Commands"):
             formatter.write_dl([(name, help_) for name, (_, help_) in sorted(SUBCOMMANDS.items())])
+
+
+def _extend(group: click.Group, targets: tuple[str, ...]) -> None:
+    """Adds the commands `targets` name to `group`, unless it already has one by that name."""
+    for target in targets:
+        module_name, attr = target.split(":")
+        command = getattr(importlib.import_module(module_name), attr)
+        assert isinstance(command, click.Command) and command.name
+        if command.name not in group.commands:
+            group.add_command(command)
 
 
 def _unavailable(name: str, help_: str) -> click.Command:

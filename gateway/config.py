@@ -22,6 +22,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from gateway.configfile import Section, load_config
+from gateway.errors import ConfigError
 
 
 class Listen(Section):
@@ -104,14 +105,76 @@ class Router(Section):
 class Limits(Section):
     max_in_flight: int = Field(1024, ge=1, description="upstream requests in flight, all pools together")
     retry_after_seconds: float = Field(1.0, ge=0)
+    # A tenant's concurrent-stream slot is a lease renewed while the stream runs; a replica that
+    # dies without releasing its slots frees them within this time.
+    stream_lease_seconds: float = Field(30.0, ge=1)
+
+
+class RedisTLS(Section):
+    """TLS for a `rediss://` URL: the CA to trust and, for mutual TLS, a client certificate."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    check_hostname: bool = True
 
 
 class Redis(Section):
     url: str | None = Field(None, description="redis:// or rediss:// URL; none: in-memory state")
-    password_env: str | None = None
+    password_env: str | None = Field(None, description="environment variable holding the password")
     cluster: bool = False
-    # When Redis is unreachable: "open" keeps serving without limits, "closed" refuses.
+    tls: RedisTLS | None = None
+    # Every key Tandem writes starts with this (several deployments can share one Redis).
+    key_prefix: str = Field("tandem:", pattern=r"^[A-Za-z0-9_.:-]{0,64}$")
+    # Per command: a slow Redis must not become a slow gateway.
+    timeout_seconds: float = Field(0.25, gt=0)
+    # While Redis is away, how often the gateway checks whether it has returned.
+    probe_seconds: float = Field(1.0, gt=0)
+    # While Redis is unreachable: "open" keeps serving, each replica enforcing tenant limits on
+    # its own state; "closed" refuses requests of tenants that have limits (503).
     on_failure: Literal["open", "closed"] = "open"
+
+    def password(self) -> str | None:
+        return os.environ.get(self.password_env) if self.password_env else None
+
+
+class StaticTenant(Section):
+    """A tenant for a gateway without Redis: its keys are given as SHA-256 hex digests only
+    (`tandem gateway keys create --offline` prints a key and its digest)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    models: list[str] = Field(default_factory=list, description="allowed models; empty: all")
+    rpm: int = Field(0, ge=0, description="requests per minute; 0: unlimited")
+    tpm: int = Field(0, ge=0, description="tokens per minute; 0: unlimited")
+    streams: int = Field(0, ge=0, description="concurrent requests; 0: unlimited")
+    key_sha256: list[str] = Field(default_factory=list)
+
+    @field_validator("key_sha256")
+    @classmethod
+    def _hex_digests(cls, v: list[str]) -> list[str]:
+        for digest in v:
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ValueError("each entry must be a SHA-256 digest: 64 lowercase hex characters")
+        return v
+
+
+class Auth(Section):
+    """API keys per tenant (`Authorization: Bearer <key>` on HTTP; the same, or `x-api-key`, as
+    gRPC metadata)."""
+
+    # Unset: required under `tandem gateway serve`, off for an embedded gateway (`tandem up`,
+    # tests), which has no keys to check.
+    required: bool | None = None
+    # How long a replica trusts what it learned about a key: a revoked key stops working on
+    # every replica within this time.
+    cache_seconds: float = Field(2.0, gt=0, le=60)
+    tenants: list[StaticTenant] = Field(default_factory=list)
+
+
+class Fleet(Section):
+    # What the heartbeat reply tells edges; a heartbeat is forgotten after `ttl_seconds`.
+    heartbeat_seconds: int = Field(10, ge=1, le=3600)
+    ttl_seconds: float = Field(35.0, gt=0)
 
 
 class GatewayConfig(Section):
@@ -121,6 +184,8 @@ class GatewayConfig(Section):
     router: Router = Router()
     limits: Limits = Limits()
     redis: Redis = Redis()
+    auth: Auth = Auth()
+    fleet: Fleet = Fleet()
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     # Qwen3's recommended sampling per mode, applied when the caller sets none.
     thinking_sampling: dict[str, float] = Field(
@@ -143,7 +208,41 @@ class GatewayConfig(Section):
             for other in [*pool.fallbacks, *([pool.non_thinking_pool] if pool.non_thinking_pool else [])]:
                 if other not in pool_names:
                     raise ValueError(f"pool {pool.name!r} refers to unknown pool {other!r}")
+        problem = self.auth_problem()
+        if problem:
+            raise ValueError(problem)
         return self
+
+    @property
+    def auth_required(self) -> bool:
+        return bool(self.auth.required)
+
+    def auth_problem(self) -> str | None:
+        """Why this configuration cannot check keys it requires, if it cannot."""
+        if self.auth.tenants and self.redis.url:
+            return (
+                "auth.tenants is for a gateway without Redis; with redis.url, manage keys with "
+                "`tandem gateway keys`"
+            )
+        if self.auth.required and not self.redis.url and not self.auth.tenants:
+            return (
+                "auth.required is on, but no key can exist: set redis.url (keys are managed with "
+                "`tandem gateway keys`), list auth.tenants, or set auth.required: false"
+            )
+        return None
+
+    def with_auth_required_by_default(self) -> GatewayConfig:
+        """This configuration with `auth.required` on unless it says otherwise (`gateway serve`)."""
+        if self.auth.required is not None:
+            return self
+        updated = self.model_copy(update={"auth": self.auth.model_copy(update={"required": True})})
+        problem = updated.auth_problem()
+        if problem:
+            raise ConfigError(
+                "invalid configuration\n"
+                f"  auth.required: (unset: on by default for `tandem gateway serve`) {problem}"
+            )
+        return updated
 
     def pool(self, name: str) -> Pool | None:
         """The pool serving a public model name or alias."""

@@ -76,6 +76,16 @@ class RateLimited(TandemError):
     kind = "rate_limit_exceeded"
 
 
+class LimitExceeded(RateLimited):
+    """A tenant's own limit was hit; `limit` names it (rpm, tpm or streams) and is reported as
+    the OpenAI error's `param`."""
+
+    def __init__(self, message: str, *, limit: str, retry_after: float | None = None) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.limit = limit
+        self.param = limit
+
+
 class UpstreamUnavailable(TandemError):
     """No engine could take the request (HTTP 503, UNAVAILABLE)."""
 

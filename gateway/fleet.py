@@ -1,16 +1,39 @@
 """The edge fleet as the gateway sees it: heartbeats (kept for a TTL) and the model version each
 edge group should serve.
 
-`MemoryFleet` keeps this in the process (a single gateway, `tandem up`); a Redis-backed store
-shares it between gateway replicas.
+`MemoryFleet` keeps this in the process (a single gateway, `tandem up`); `RedisFleet`
+(`gateway/state/fleet_redis.py`) shares it between gateway replicas and the `tandem fleet` and
+`tandem model rollout|rollback` commands.
+
+A rollout sets a group's desired version, optionally for a canary share of its edges first:
+`in_canary` picks the share by a hash of the edge id, so an edge stays in (or out of) the canary
+as the share grows. The edges outside it keep the version the group was on before (`previous`),
+which is also what a rollback returns the whole group to.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import time
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+DEFAULT_GROUP = "default"
+
+# REGISTRY/REPOSITORY[:TAG][@sha256:HEX], the shape `registry.reference` accepts (the gateway does
+# not import the registry package; the edge's model sync parses the reference fully).
+_REFERENCE = re.compile(
+    r"^(?P<host>[A-Za-z0-9.\-\[\]:]+)/(?P<repo>[a-z0-9]+(?:[._/-]+[a-z0-9]+)*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9._-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
+)
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+class RolloutError(ValueError):
+    """A rollout or rollback that cannot be done; the message says why."""
 
 
 @dataclass(slots=True)
@@ -32,6 +55,15 @@ class EdgeStatus:
     labels: dict[str, str] = field(default_factory=dict)
     last_seen: float = 0.0
 
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> EdgeStatus:
+        data: dict[str, Any] = orjson.loads(raw)
+        data["models"] = [ServedModel(**m) for m in data.get("models", [])]
+        return cls(**data)
+
 
 @dataclass(slots=True)
 class Desired:
@@ -42,18 +74,31 @@ class Desired:
     canary_percent: int = 100
     previous_reference: str = ""
     previous_digest: str = ""
+    updated_at: float = 0.0
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Desired:
+        return cls(**orjson.loads(raw))
 
 
 class FleetStore(Protocol):
     async def record(self, status: EdgeStatus) -> None: ...
+    async def heartbeat(self, status: EdgeStatus) -> Desired | None:
+        """Records `status` and returns its group's desired version (one round trip)."""
+        ...
+
     async def edges(self) -> list[EdgeStatus]: ...
     async def desired(self, group: str) -> Desired | None: ...
+    async def desired_all(self) -> dict[str, Desired]: ...
 
 
 class MemoryFleet:
     """Heartbeats and desired versions in this process; a heartbeat expires after `ttl_s`."""
 
-    def __init__(self, ttl_s: float = 30.0) -> None:
+    def __init__(self, ttl_s: float = 35.0) -> None:
         self.ttl_s = ttl_s
         self._edges: dict[str, EdgeStatus] = {}
         self._desired: dict[str, Desired] = {}
@@ -61,6 +106,10 @@ class MemoryFleet:
     async def record(self, status: EdgeStatus) -> None:
         status.last_seen = time.time()
         self._edges[status.edge_id] = status
+
+    async def heartbeat(self, status: EdgeStatus) -> Desired | None:
+        await self.record(status)
+        return self._desired.get(status.group)
 
     async def edges(self) -> list[EdgeStatus]:
         cutoff = time.time() - self.ttl_s
@@ -71,8 +120,23 @@ class MemoryFleet:
     async def desired(self, group: str) -> Desired | None:
         return self._desired.get(group)
 
+    async def desired_all(self) -> dict[str, Desired]:
+        return dict(self._desired)
+
     async def set_desired(self, group: str, desired: Desired) -> None:
         self._desired[group] = desired
+
+    async def rollout(
+        self, group: str, reference: str, digest: str = "", canary_percent: int = 100
+    ) -> Desired:
+        new = plan_rollout(self._desired.get(group), reference, digest, canary_percent)
+        self._desired[group] = new
+        return new
+
+    async def rollback(self, group: str) -> Desired:
+        new = plan_rollback(group, self._desired.get(group))
+        self._desired[group] = new
+        return new
 
 
 def in_canary(edge_id: str, group: str, percent: int) -> bool:
@@ -90,3 +154,90 @@ def assignment(edge_id: str, group: str, desired: Desired | None) -> tuple[str, 
     if in_canary(edge_id, group, desired.canary_percent):
         return desired.reference, desired.digest
     return desired.previous_reference, desired.previous_digest
+
+
+def matches(edge: EdgeStatus, reference: str, digest: str) -> bool | None:
+    """Whether the edge serves what it was assigned; None when nothing is assigned. An edge
+    matches by the reference it reports, or by the manifest digest when the rollout pinned one."""
+    if not reference:
+        return None
+    for model in edge.models:
+        if model.reference and _same_reference(model.reference, reference):
+            return True
+        if digest and digest in (model.digest, _pinned_digest(model.reference)):
+            return True
+    return False
+
+
+def _same_reference(served: str, assigned: str) -> bool:
+    if served == assigned:
+        return True
+    # An edge pins what it pulled (`...:tag@sha256:x`); that still serves `...:tag` as rolled out.
+    same_name = served.split("@", 1)[0] == assigned.split("@", 1)[0]
+    return same_name and _pinned_digest(assigned) in ("", _pinned_digest(served))
+
+
+def _pinned_digest(reference: str) -> str:
+    return reference.split("@", 1)[1] if "@" in reference else ""
+
+
+def check_reference(reference: str, digest: str = "") -> tuple[str, str]:
+    """A rollout's (reference, digest), validated. A digest given apart is added to the reference
+    (`...:tag@sha256:...`), so the reference alone tells an edge exactly what to pull."""
+    m = _REFERENCE.match(reference.strip())
+    if m is None or not ("." in m["host"] or ":" in m["host"] or m["host"] == "localhost"):
+        raise RolloutError(
+            f"{reference!r} is not a model reference: expected REGISTRY/models/NAME[:TAG][@sha256:HEX], "
+            "e.g. registry.local:5000/models/qwen3:14b"
+        )
+    pinned = m["digest"] or ""
+    if digest and not _DIGEST.match(digest):
+        raise RolloutError(f"digest {digest!r}: expected sha256:<64 hex digits>")
+    if digest and pinned and digest != pinned:
+        raise RolloutError(f"the reference pins {pinned}, not {digest}")
+    if digest and not pinned:
+        return f"{reference.strip()}@{digest}", digest
+    return reference.strip(), pinned
+
+
+def plan_rollout(
+    current: Desired | None, reference: str, digest: str = "", canary_percent: int = 100
+) -> Desired:
+    """The group's desired version after rolling out `reference` to `canary_percent` of it.
+
+    Rolling out the version already desired changes its share (a canary grows to 100%). A new
+    version replaces a finished rollout, whose version becomes the one to roll back to; it
+    replaces an unfinished canary outright, and the edges outside the new canary stay on the
+    version the old canary had started from.
+    """
+    if not 0 <= canary_percent <= 100:
+        raise RolloutError(f"canary share {canary_percent}: expected 0 to 100 percent")
+    now = time.time()
+    if current is not None and current.reference == reference and (not digest or digest == current.digest):
+        return Desired(
+            reference,
+            current.digest,
+            canary_percent,
+            current.previous_reference,
+            current.previous_digest,
+            updated_at=now,
+        )
+    if current is None:
+        return Desired(reference, digest, canary_percent, updated_at=now)
+    if current.canary_percent >= 100:
+        return Desired(reference, digest, canary_percent, current.reference, current.digest, updated_at=now)
+    return Desired(
+        reference, digest, canary_percent, current.previous_reference, current.previous_digest, updated_at=now
+    )
+
+
+def plan_rollback(group: str, current: Desired | None) -> Desired:
+    """The group's desired version after a rollback: the previous version, on every edge."""
+    if current is None:
+        raise RolloutError(f"group {group!r} has no rollout to roll back")
+    if not current.previous_reference:
+        raise RolloutError(
+            f"group {group!r} has no earlier version to return to (it is set to {current.reference}); "
+            "roll out the version it should serve instead"
+        )
+    return Desired(current.previous_reference, current.previous_digest, 100, updated_at=time.time())

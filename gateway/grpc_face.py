@@ -3,6 +3,10 @@
 A thin layer over `GatewayService`. `Chat` streams one `ChatChunk` per batch of engine events
 (answer and reasoning kept apart); the last chunk carries usage, finish reason and the route
 decision, which is also sent as trailing metadata `x-tandem-route`.
+
+Every call authenticates its caller from the metadata `authorization: Bearer <key>` (what the
+edge agent's uplink sends) or `x-api-key: <key>`. `Heartbeat` records the edge's status in the
+fleet store and answers with the model version the edge should serve.
 """
 
 from __future__ import annotations
@@ -13,14 +17,17 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from structlog.contextvars import bind_contextvars
 
 from gateway import fleet
+from gateway.auth import credential
 from gateway.chat import Chunk, Usage
 from gateway.config import TLS
 from gateway.errors import BadRequest, TandemError
 from gateway.fleet import EdgeStatus, FleetStore, ServedModel
 from gateway.logs import bind_request, get_logger
 from gateway.service import GatewayService, new_request_id
+from gateway.state import Tenant
 from gateway.wire import protobuf as wire
 from proto.tandem.v1 import gateway_pb2 as pb
 from proto.tandem.v1 import gateway_pb2_grpc as pb_grpc
@@ -29,7 +36,6 @@ log = get_logger("tandem.gateway.grpc")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Gateway"].full_name
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-HEARTBEAT_INTERVAL_S = 10
 
 
 class GatewayServicer(pb_grpc.GatewayServicer):
@@ -41,6 +47,22 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         context.set_trailing_metadata(wire.error_trailers(err))
         await context.abort(wire.error_code(err), err.message)
 
+    async def _tenant(self, context: grpc.aio.ServicerContext) -> Tenant | None:
+        """The caller's tenant (None with authentication off); raises `Unauthenticated`."""
+        auth = self.service.auth
+        if not auth.required:
+            return None
+        authorization = api_key = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                authorization = value
+            elif key == "x-api-key":
+                api_key = value
+        tenant = await auth.authenticate(credential(_text(authorization), _text(api_key)))
+        if tenant is not None:
+            bind_contextvars(tenant=tenant.name)
+        return tenant
+
     async def Chat(
         self, request: pb.ChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ChatChunk]:
@@ -48,9 +70,12 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         bind_request(request_id)
         metrics = self.service.metrics
         try:
+            tenant = await self._tenant(context)
             req = wire.request_from_pb(request)
             req.request_id = request_id
-            stream = await self.service.stream(req)
+            if tenant is not None:
+                req.tenant = tenant.name
+            stream = await self.service.stream(req, tenant)
         except TandemError as err:
             metrics.requests.labels("grpc", "", "", "", wire.error_code(err).name).inc()
             log.info("request_refused", code=wire.error_code(err).name, error=err.message)
@@ -95,7 +120,8 @@ class GatewayServicer(pb_grpc.GatewayServicer):
 
     async def Classify(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> pb.RouteDecision:
         try:
-            decision, _ = self.service.decide(wire.request_from_pb(request))
+            tenant = await self._tenant(context)
+            decision, _ = self.service.decide(wire.request_from_pb(request), tenant)
         except TandemError as err:
             await self._abort(context, err)
             raise AssertionError("unreachable") from None
@@ -105,8 +131,13 @@ class GatewayServicer(pb_grpc.GatewayServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
+        try:
+            tenant = await self._tenant(context)
+        except TandemError as err:
+            await self._abort(context, err)
+            raise AssertionError("unreachable") from None
         out = pb.ListModelsResponse()
-        for pool in self.service.config.pools:
+        for pool in self.service.visible_pools(tenant):
             caps = ["completion", "tools"] + (["thinking"] if pool.supports_thinking_switch else [])
             for name in (pool.name, *pool.aliases):
                 out.models.add(
@@ -117,11 +148,18 @@ class GatewayServicer(pb_grpc.GatewayServicer):
     async def Heartbeat(
         self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> pb.HeartbeatResponse:
-        if not request.edge_id or len(request.edge_id) > 256:
-            await self._abort(context, BadRequest("edge_id is required (at most 256 characters)"))
+        try:
+            await self._tenant(context)
+            if not request.edge_id or len(request.edge_id) > 256:
+                raise BadRequest("edge_id is required (at most 256 characters)")
+            if len(request.group) > 128 or len(request.models) > 256:
+                raise BadRequest("group is at most 128 characters, models at most 256 entries")
+        except TandemError as err:
+            await self._abort(context, err)
+            raise AssertionError("unreachable") from None
         status = EdgeStatus(
             edge_id=request.edge_id,
-            group=request.group or "default",
+            group=request.group or fleet.DEFAULT_GROUP,
             models=[ServedModel(m.name, m.digest, m.reference) for m in request.models],
             in_flight=request.in_flight,
             queued=request.queued,
@@ -129,14 +167,18 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             version=request.version,
             labels=dict(request.labels),
         )
-        await self.fleet.record(status)
-        ref, digest = fleet.assignment(status.edge_id, status.group, await self.fleet.desired(status.group))
+        desired = await self.fleet.heartbeat(status)
+        ref, digest = fleet.assignment(status.edge_id, status.group, desired)
         return pb.HeartbeatResponse(
             desired_reference=ref,
             desired_digest=digest,
-            interval_seconds=HEARTBEAT_INTERVAL_S,
+            interval_seconds=self.service.config.fleet.heartbeat_seconds,
             server_time_unix=int(time.time()),
         )
+
+
+def _text(value: str | bytes | None) -> str | None:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 def _merge(batch: list[Chunk]) -> Chunk:

@@ -2,7 +2,8 @@
 
 `POST /v1/chat/completions` (stream and not), `GET /v1/models`, `/healthz`, `/readyz`,
 `/metrics`. Every answer carries `x-tandem-route`; errors are OpenAI error bodies with the
-status from `gateway.wire.openai.error_status`.
+status from `gateway.wire.openai.error_status`. The API routes authenticate the caller
+(`Authorization: Bearer <key>`, or `x-api-key`) before reading the body.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
+from structlog.contextvars import bind_contextvars
 
+from gateway.auth import credential
 from gateway.chat import ChatRequest, Chunk
 from gateway.errors import BadRequest, PayloadTooLarge, TandemError
 from gateway.logs import bind_request, get_logger
 from gateway.metrics import CONTENT_TYPE
 from gateway.service import ActiveStream, GatewayService, new_request_id
+from gateway.state import Tenant
 from gateway.wire import openai as wire
 
 log = get_logger("tandem.gateway.http")
@@ -51,6 +55,17 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return bytes(body)
 
 
+async def authenticate(request: web.Request, service: GatewayService) -> Tenant | None:
+    """The caller's tenant (None with authentication off); raises `Unauthenticated`."""
+    if not service.auth.required:
+        return None
+    key = credential(request.headers.get("Authorization"), request.headers.get("x-api-key"))
+    tenant = await service.auth.authenticate(key)
+    if tenant is not None:
+        bind_contextvars(tenant=tenant.name)
+    return tenant
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE_KEY]
     request_id = request.headers.get("x-request-id") or new_request_id()
@@ -59,15 +74,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     route_header: dict[str, str] = {"x-request-id": request_id}
     req: ChatRequest | None = None
     try:
+        tenant = await authenticate(request, service)
         body = await read_body(request, service.config.http.max_body_bytes)
         req = wire.parse_request(body, mode_header=request.headers.get(wire.MODE_HEADER))
         req.request_id = request_id
+        if tenant is not None:
+            req.tenant = tenant.name
         if not req.stream:
-            result = await service.complete(req)
+            result = await service.complete(req, tenant)
             route_header[wire.ROUTE_HEADER] = result.route.header()
             _count(service, result.route.header(), "200")
             return json_response(wire.completion_body(result), headers=route_header)
-        stream = await service.stream(req)
+        stream = await service.stream(req, tenant)
     except TandemError as err:
         status = wire.error_status(err)
         log.info("request_refused", status=status, error=err.message)
@@ -149,6 +167,10 @@ def _count(service: GatewayService, route: str, status: str) -> None:
 
 async def list_models(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
+    try:
+        tenant = await authenticate(request, service)
+    except TandemError as err:
+        return error_response(err)
     created = int(time.time())
     data = [
         {
@@ -158,7 +180,7 @@ async def list_models(request: web.Request) -> web.Response:
             "owned_by": "tandem",
             "max_model_len": pool.context_length,
         }
-        for pool in service.config.pools
+        for pool in service.visible_pools(tenant)
         for name in (pool.name, *pool.aliases)
     ]
     return json_response(orjson.dumps({"object": "list", "data": data}))

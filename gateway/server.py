@@ -16,7 +16,7 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2
 
 from gateway.config import GatewayConfig
-from gateway.fleet import FleetStore, MemoryFleet
+from gateway.fleet import FleetStore
 from gateway.grpc_face import bind, build_server
 from gateway.http_face import build_app
 from gateway.logs import get_logger
@@ -40,8 +40,9 @@ class GatewayServer:
         self, config: GatewayConfig, *, balancer: Balancer | None = None, fleet: FleetStore | None = None
     ) -> None:
         self.config = config
+        # Tenants, limits and the fleet: on Redis with `redis.url`, else in this process.
         self.service = GatewayService(config, balancer or make_balancer(config))
-        self.fleet = fleet or MemoryFleet()
+        self.fleet = fleet or self.service.state.fleet
         self.ready = asyncio.Event()
         self.grpc_port = 0
         self.http_port = 0

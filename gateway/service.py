@@ -4,11 +4,17 @@
 HTTP faces, which only convert wire formats. For each request it:
 
 1. decides the route (mode, pool, token estimate) with the shared rules in `gateway/routing`;
-2. refuses what cannot work (unknown model, context too long, over the in-flight bound);
+2. refuses what cannot work (unknown model, a model the tenant may not use, context too long,
+   over the in-flight bound, over the tenant's limits);
 3. asks the balancer (litellm.Router) for an endpoint with free capacity and sends the request
    with the relay, retrying on another endpoint, then on the fallback pools, for as long as no
    token has reached the caller;
-4. hands the faces the answer, or a stream whose first batch of chunks has already arrived.
+4. hands the faces the answer, or a stream whose first batch of chunks has already arrived,
+   and when it ends settles the tenant's limits (actual tokens, stream slot released).
+
+The faces authenticate the caller (`service.auth`) and pass its tenant in; with `auth.required`
+off the tenant is None and no tenant rules apply. Importing this module must stay light (the
+edge agent imports it): the shared state, and with it redis, is imported when a service is built.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.chat import ChatRequest, ChatResult, Chunk, Mode, RouteDecision, Usage
 from gateway.config import GatewayConfig, Pool
@@ -28,6 +34,7 @@ from gateway.errors import (
     BadRequest,
     ContextTooLong,
     ModelNotFound,
+    PermissionDenied,
     RateLimited,
     TandemError,
     UpstreamFailed,
@@ -40,6 +47,9 @@ from gateway.pool import Balancer, Upstream
 from gateway.relay import AttemptFailed, Relay, StreamBroken, first_batch, parse_completion, stream_chunks
 from gateway.routing.decide import route
 from gateway.wire import openai as wire
+
+if TYPE_CHECKING:
+    from gateway.state import Grant, SharedState, Tenant
 
 log = get_logger("tandem.gateway")
 
@@ -59,6 +69,8 @@ class Admission:
     service: GatewayService
     upstream: Upstream | None = None
     released: bool = False
+    grant: Grant | None = None  # the tenant's limits, when it has any
+    used_tokens: int | None = 0  # what the engine reported; None: unknown (keep the estimate)
 
     def take_upstream(self, upstream: Upstream) -> None:
         self.service._upstream_load[upstream.id] = self.service._upstream_load.get(upstream.id, 0) + 1
@@ -73,6 +85,8 @@ class Admission:
         if not self.released:
             self.released = True
             self.drop_upstream()
+            if self.grant is not None:
+                self.service.limits.finish(self.grant, self.used_tokens)
             self.service._in_flight -= 1
             self.service.metrics.in_flight.set(self.service._in_flight)
             if self.service._in_flight == 0:
@@ -95,9 +109,13 @@ class ActiveStream:
 
     async def batches(self) -> AsyncGenerator[list[Chunk], None]:
         """All chunks, first batch included. Raises `UpstreamFailed` if the engine breaks off."""
+        admission = self._admission
         try:
             yield self.first
             async for batch in self._rest:
+                usage = batch[-1].usage  # usage comes last, after the final answer chunk
+                if usage is not None:
+                    admission.used_tokens = usage.total_tokens
                 yield batch
         except StreamBroken as exc:
             assert self._admission.upstream is not None
@@ -114,10 +132,28 @@ class ActiveStream:
 
 
 class GatewayService:
-    def __init__(self, config: GatewayConfig, balancer: Balancer, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        balancer: Balancer,
+        *,
+        metrics: Metrics | None = None,
+        state: SharedState | None = None,
+    ) -> None:
+        from gateway.auth import Authenticator
+        from gateway.state import SharedState
+
         self.config = config
         self.balancer = balancer
         self.metrics = metrics or Metrics("tandem_gateway")
+        self.state = state or SharedState.from_config(config, self.metrics)
+        self.auth = Authenticator(
+            self.state.tenants,
+            required=config.auth_required,
+            cache_seconds=config.auth.cache_seconds,
+            retry_after_s=config.limits.retry_after_seconds,
+        )
+        self.limits = self.state.limits
         self.relay = Relay(
             connect_timeout=config.router.connect_timeout_seconds, limit=config.limits.max_in_flight
         )
@@ -128,10 +164,12 @@ class GatewayService:
         self.draining = False
 
     async def start(self) -> None:
+        await self.state.start()
         await self.relay.start()
 
     async def close(self) -> None:
         await self.relay.close()
+        await self.state.close()
 
     # --- decisions -------------------------------------------------------------------------
 
@@ -141,9 +179,18 @@ class GatewayService:
             raise ModelNotFound(model)
         return pool
 
-    def decide(self, req: ChatRequest) -> tuple[RouteDecision, Pool]:
+    def visible_pools(self, tenant: Tenant | None) -> list[Pool]:
+        """The pools a caller may use (all of them when authentication is off)."""
+        pools = self.config.pools
+        return pools if tenant is None else [p for p in pools if tenant.allows(p.name, *p.aliases)]
+
+    def decide(self, req: ChatRequest, tenant: Tenant | None = None) -> tuple[RouteDecision, Pool]:
         """The route decision for `req`, and the pool it runs on. Raises before any engine call."""
         asked = self.pool_for(req.model)
+        if tenant is not None and not tenant.allows(asked.name, *asked.aliases):
+            raise PermissionDenied(
+                f"this API key's tenant ({tenant.name}) may not use the model `{req.model}`"
+            )
         decision = route(req, context_limit=asked.context_length)
         pool = asked
         if decision.mode is Mode.NON_THINKING and asked.non_thinking_pool:
@@ -233,13 +280,14 @@ class GatewayService:
             retry_after=self.config.router.cooldown_seconds or 1,
         )
 
-    async def complete(self, req: ChatRequest) -> ChatResult:
+    async def complete(self, req: ChatRequest, tenant: Tenant | None = None) -> ChatResult:
         """A whole answer. Retries on other endpoints and pools until one answers."""
-        decision, _ = self.decide(req)
+        decision, _ = self.decide(req, tenant)
         admission = self._admit()
         failures: list[AttemptFailed] = []
         timeout = self.config.router.timeout_seconds
         try:
+            admission.grant = await self.limits.acquire(tenant, decision.estimated_tokens)
             async for upstream in self._attempts(decision, admission):
                 started = time.perf_counter()
                 try:
@@ -255,6 +303,7 @@ class GatewayService:
                     continue
                 self.balancer.succeeded(upstream, latency_s=time.perf_counter() - started)
                 chunk, engine_id = parse_completion(data)
+                admission.used_tokens = chunk.usage.total_tokens if chunk.usage else None
                 return ChatResult(
                     id=f"chatcmpl-{req.request_id or engine_id}",
                     model=req.model,
@@ -270,17 +319,18 @@ class GatewayService:
         finally:
             admission.release()
 
-    async def stream(self, req: ChatRequest) -> ActiveStream:
+    async def stream(self, req: ChatRequest, tenant: Tenant | None = None) -> ActiveStream:
         """Starts a stream and waits for its first chunks, retrying elsewhere until they come.
 
         Anything raised here reaches the caller as a plain error status; once this returns,
         a failure can only end the stream (`ActiveStream.batches` raises `UpstreamFailed`).
         """
-        decision, _ = self.decide(req)
+        decision, _ = self.decide(req, tenant)
         admission = self._admit()
         failures: list[AttemptFailed] = []
         router = self.config.router
         try:
+            admission.grant = await self.limits.acquire(tenant, decision.estimated_tokens)
             async for upstream in self._attempts(decision, admission):
                 started = time.perf_counter()
                 try:
@@ -307,6 +357,7 @@ class GatewayService:
                 latency = time.perf_counter() - started
                 self.balancer.succeeded(upstream, latency_s=latency)
                 self.metrics.first_token.observe(latency)
+                admission.used_tokens = None  # known when the usage chunk arrives
                 return ActiveStream(
                     id=f"chatcmpl-{req.request_id or new_request_id()}",
                     model=req.model,

@@ -212,16 +212,33 @@ def _router_arguments(config: GatewayConfig, model_list: list[dict[str, Any]]) -
 
 
 def _redis_arguments(config: GatewayConfig) -> dict[str, Any]:
+    """litellm's Redis settings from the same `redis` section as the rest of the shared state."""
+    from gateway.state.redis_conn import tls_kwargs
+
     redis = config.redis
     if redis.url is None:
         return {}
+    parts = urlsplit(redis.url)
     arguments: dict[str, Any] = {"redis_url": redis.url}
-    if redis.password_env:
-        arguments["redis_password"] = os.environ.get(redis.password_env)
+    cache_kwargs = tls_kwargs(redis)
+    if cache_kwargs and not redis.cluster:
+        # litellm drops every ssl_* setting given with a URL (TLS comes from the scheme alone),
+        # so a private CA or a client certificate travels with host and port instead.
+        arguments = {"redis_host": parts.hostname or "127.0.0.1", "redis_port": parts.port or 6379}
+        if parts.path.strip("/"):
+            arguments["redis_db"] = int(parts.path.strip("/"))
+        cache_kwargs["ssl"] = parts.scheme == "rediss"
+        if parts.username:
+            cache_kwargs["username"] = parts.username
+    password = redis.password() or parts.password
+    if password:
+        arguments["redis_password"] = password
     if redis.cluster:
-        parts = urlsplit(redis.url)
-        node = {"host": parts.hostname or "127.0.0.1", "port": parts.port or 6379}
-        arguments["cache_kwargs"] = {"startup_nodes": [node]}
+        cache_kwargs["startup_nodes"] = [{"host": parts.hostname or "127.0.0.1", "port": parts.port or 6379}]
+        if parts.scheme == "rediss":
+            cache_kwargs["ssl"] = True  # with startup nodes, litellm reads TLS from this, not the URL
+    if cache_kwargs:
+        arguments["cache_kwargs"] = cache_kwargs
     return arguments
 
 

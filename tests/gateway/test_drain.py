@@ -58,6 +58,7 @@ async def test_sigterm_drains_in_flight_streams_and_exits_zero(tmp_path: Path) -
                 "grpc": {"port": grpc_port},
                 "http": {"port": http_port},
                 "pools": [{"name": "qwen3", "endpoints": [{"url": f"{sim.url}/v1", "model": SERVED}]}],
+                "auth": {"required": False},  # `gateway serve` requires keys by default; none here
                 "shutdown_grace_seconds": 20,
             }
         )
