@@ -77,13 +77,20 @@ def _env_overrides(
         # share one environment in `tandem up` and must not reject each other's settings.
         if keys[0] not in known or keys[0] in skip:
             continue
-        # YAML parsing gives numbers, booleans and lists their natural types ("9000" -> 9000).
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        out.append((keys, value))
+        out.append((keys, _env_value(raw)))
     return out
+
+
+def _env_value(raw: str) -> Any:
+    """YAML gives numbers, booleans and lists their natural types ("9000" -> 9000); a value
+    that only looks like a mapping ("prod:") stays the text it is."""
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, dict | list) and not raw.lstrip().startswith(("{", "[")):
+        return raw
+    return value
 
 
 def _set_path(data: dict[str, Any], keys: list[str], value: Any) -> None:

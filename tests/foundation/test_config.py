@@ -75,3 +75,7 @@ def test_secret_like_values_are_not_echoed(tmp_path: Path) -> None:
         load_config(Sample, write(tmp_path, "api_key_env: [sk-verysecretvalue123]\n"), env={})
     assert "sk-verysecretvalue123" not in str(err.value)
     assert "api_key_env" in str(err.value)
+
+
+def test_environment_text_that_looks_like_a_mapping_stays_text() -> None:
+    assert load_config(Sample, None, env={"TANDEM_API_KEY_ENV": "prod:"}).api_key_env == "prod:"
