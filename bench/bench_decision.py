@@ -17,6 +17,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from gateway.chat import ChatRequest, Message
 from gateway.routing import EdgeView, route
@@ -81,47 +82,94 @@ def timed(call: Callable[[], object], iterations: int) -> tuple[float, float]:
     return samples[len(samples) // 2] / 1000, samples[int(len(samples) * 0.99)] / 1000
 
 
-def measure(call: Callable[[], object], iterations: int, repeats: int = 3) -> tuple[float, float]:
+def measure_runs(call: Callable[[], object], iterations: int, repeats: int = 3) -> list[tuple[float, float]]:
+    """(median, p99) of each repeat, in microseconds, after a warm-up."""
     for _ in range(min(iterations, 50)):
         call()  # warm caches (and the tokenizer, if this row counts exactly)
     gc.collect()
-    runs = [timed(call, iterations) for _ in range(repeats)]
+    return [timed(call, iterations) for _ in range(repeats)]
+
+
+def measure(call: Callable[[], object], iterations: int, repeats: int = 3) -> tuple[float, float]:
+    runs = measure_runs(call, iterations, repeats)
     return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=20_000, help="calls per repeat (500-token rows)")
-    args = parser.parse_args()
+Row = tuple[str, str, Callable[[], object], int]
+
+
+def rows(iterations: int) -> list[Row]:
+    """(key, description, call, iterations) of every row of the table."""
     hard, easy = chat_500(QUESTION), chat_500(SUMMARY)
     big_hard, big_easy = chat_100k(last=QUESTION), chat_100k(first=SUMMARY)
     n_hard, n_easy, n_big = map(exact_prompt_tokens, (hard, easy, big_hard))
     edge = EdgeView(local_models={"qwen3:14b": 32_768})
     full = EdgeView(local_models={"qwen3:14b": n_easy + 512})  # only the exact count can tell
     cycle = itertools.cycle(dev_set())
-    n = args.iterations
-    rows: list[tuple[str, Callable[[], object], int]] = [
-        ("routing_dev.jsonl: its 200 requests in turn, edge", lambda: route(next(cycle), edge=edge), n),
-        (f"{n_hard}-token chat, thinking, gateway", lambda: route(hard), n),
-        (f"{n_hard}-token chat, thinking, edge", lambda: route(hard, edge=edge), n),
-        (f"{n_easy}-token chat, non-thinking, edge (runs locally)", lambda: route(easy, edge=edge), n),
-        (f"{n_big}-token chat, thinking, gateway", lambda: route(big_hard), 200),
+    n = iterations
+    big_n = max(2, n // 100)
+    return [
         (
+            "dev_set",
+            "routing_dev.jsonl: its 200 requests in turn, edge",
+            lambda: route(next(cycle), edge=edge),
+            n,
+        ),
+        ("chat_500_thinking_gateway", f"{n_hard}-token chat, thinking, gateway", lambda: route(hard), n),
+        ("chat_500_thinking_edge", f"{n_hard}-token chat, thinking, edge", lambda: route(hard, edge=edge), n),
+        (
+            "chat_500_local_edge",
+            f"{n_easy}-token chat, non-thinking, edge (runs locally)",
+            lambda: route(easy, edge=edge),
+            n,
+        ),
+        (
+            "chat_100k_thinking_gateway",
+            f"{n_big}-token chat, thinking, gateway",
+            lambda: route(big_hard),
+            big_n,
+        ),
+        (
+            "chat_100k_over_context_edge",
             f"{n_big}-token chat, non-thinking, edge (over its context)",
             lambda: route(big_easy, edge=edge),
-            200,
+            big_n,
         ),
         (
+            "chat_500_exact_count_edge",
             f"{n_easy}-token chat, edge, exactly at its context (exact count)",
             lambda: route(easy, edge=full),
-            2000,
+            max(2, n // 10),
         ),
     ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=20_000, help="calls per repeat (500-token rows)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print every row's repeats as JSON instead")
+    args = parser.parse_args(argv)
+    results: list[dict[str, Any]] = []
+    for key, name, call, iterations in rows(args.iterations):
+        runs = measure_runs(call, iterations, args.repeats)
+        results.append(
+            {
+                "key": key,
+                "request": name,
+                "iterations": iterations,
+                "median_us": [r[0] for r in runs],
+                "p99_us": [r[1] for r in runs],
+            }
+        )
+    if args.json:
+        print(json.dumps(results))
+        return
     print("| request | median (us) | p99 (us) |")
     print("|---|---:|---:|")
-    for name, call, iterations in rows:
-        median, p99 = measure(call, iterations)
-        print(f"| {name} | {median:,.1f} | {p99:,.1f} |")
+    for row in results:
+        median, p99 = statistics.median(row["median_us"]), statistics.median(row["p99_us"])
+        print(f"| {row['request']} | {median:,.1f} | {p99:,.1f} |")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -39,6 +40,9 @@ class LoadSpec:
     duration: float | None = None  # stop after this many seconds
     stream: bool = False  # read the body incrementally and record time to first token
     ttft_markers: tuple[bytes, ...] = ()  # what a token looks like on the wire (default: any byte)
+    # A regular expression for a token instead, when a marker would also match an empty delta
+    # (an OpenAI role chunk carries `"content":""`): e.g. rb'"content":"[^"]'.
+    ttft_regex: bytes | None = None
     warmup: int = 0  # requests sent (and not measured) before measuring
     timeout: float = 60.0
 
@@ -105,6 +109,7 @@ class _Run:
         self.headers = dict(spec.headers)
         if isinstance(body, dict):
             self.headers.setdefault("Content-Type", "application/json")
+        self.token = re.compile(spec.ttft_regex) if spec.ttft_regex else None
         self.started = 0  # requests handed to workers in this phase
         self.limit: int | None = None
         self.deadline = float("inf")
@@ -120,10 +125,14 @@ class _Run:
             ) as resp:
                 headers_at = time.perf_counter()
                 if spec.stream:
-                    markers = spec.ttft_markers
+                    markers, token = spec.ttft_markers, self.token
                     async for chunk in resp.content.iter_any():
                         received += len(chunk)
-                        if first_token is None and (not markers or any(m in chunk for m in markers)):
+                        if first_token is None and (
+                            token.search(chunk) is not None
+                            if token is not None
+                            else not markers or any(m in chunk for m in markers)
+                        ):
                             first_token = time.perf_counter()
                 else:
                     received = len(await resp.read())
@@ -195,6 +204,7 @@ def _parse_args(argv: list[str] | None) -> LoadSpec:
     parser.add_argument(
         "--ttft-marker", action="append", default=[], help="bytes that mark a token (repeatable)"
     )
+    parser.add_argument("--ttft-regex", help="a regular expression that marks a token (instead of markers)")
     parser.add_argument("--warmup", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
@@ -216,6 +226,7 @@ def _parse_args(argv: list[str] | None) -> LoadSpec:
         duration=args.duration if args.duration or args.requests else 5.0,
         stream=args.stream,
         ttft_markers=tuple(m.encode() for m in args.ttft_marker),
+        ttft_regex=args.ttft_regex.encode() if args.ttft_regex else None,
         warmup=args.warmup,
         timeout=args.timeout,
     )
