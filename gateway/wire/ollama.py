@@ -33,14 +33,9 @@ from gateway.errors import (
     BadRequest,
     ModelNotFound,
     PayloadTooLarge,
-    PermissionDenied,
-    RateLimited,
     TandemError,
-    Unauthenticated,
-    UpstreamFailed,
-    UpstreamTimeout,
-    UpstreamUnavailable,
 )
+from gateway.wire.openai import error_status as openai_error_status
 
 W = TypeVar("W", bound=BaseModel)
 
@@ -575,24 +570,8 @@ class NdjsonEncoder:
 
 # --- errors: the one place Tandem errors become Ollama statuses and bodies -------------------
 
-_STATUS: list[tuple[type[TandemError], int]] = [
-    (PayloadTooLarge, 413),
-    (BadRequest, 400),
-    (Unauthenticated, 401),
-    (PermissionDenied, 403),
-    (ModelNotFound, 404),
-    (RateLimited, 429),
-    (UpstreamUnavailable, 503),
-    (UpstreamTimeout, 504),
-    (UpstreamFailed, 502),
-]
-
-
-def error_status(err: TandemError) -> int:
-    for kind, status in _STATUS:
-        if isinstance(err, kind):
-            return status
-    return 500
+# Ollama answers with the same HTTP statuses as the OpenAI face: one table for both.
+error_status = openai_error_status
 
 
 def error_message(err: TandemError) -> str:
