@@ -1,110 +1,12 @@
-"""Reading requests and writing answers over HTTP, for both faces: the service's key in the
-app, JSON answers, bodies read within a limit, and streams. A stream is written batch by batch
-as its chunks arrive, a silent stream gets a keep-alive, a source that breaks off ends it with
-the face's error event, and a caller that goes away closes the source.
-
-The faces differ only in how they render (`StreamFormat`): SSE events for OpenAI, NDJSON lines
-for Ollama. (The gateway has helpers like these in its HTTP face, but importing that module
-would bring the gateway's application, auth and Redis state into the edge.)
-"""
+"""The edge agent's HTTP glue: the service's key in the app; the rest is `gateway.http_io`."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-
 from aiohttp import web
 
-from edge_agent.service import EdgeService, EdgeStream
-from gateway.chat import Chunk
-from gateway.errors import PayloadTooLarge, TandemError
-from gateway.logs import get_logger
+from edge_agent.service import EdgeService
+from gateway.http_io import StreamFormat, json_response, read_body, write_stream
 
-log = get_logger("tandem.edge.http")
+__all__ = ["SERVICE_KEY", "StreamFormat", "json_response", "read_body", "write_stream"]
 
 SERVICE_KEY = web.AppKey("edge_service", EdgeService)
-
-
-def json_response(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
-
-
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, refusing more than `limit` bytes without reading it all."""
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"request body is {request.content_length} bytes; the limit is {limit}")
-    body = bytearray()
-    async for data in request.content.iter_chunked(64 * 1024):
-        body += data
-        if len(body) > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-    return bytes(body)
-
-
-@dataclass(slots=True)
-class StreamFormat:
-    content_type: str
-    opening: bytes  # written before the first chunk
-    batch: Callable[[list[Chunk]], bytes]
-    closing: Callable[[], bytes]  # written after the last chunk
-    error: Callable[[TandemError], bytes]  # ends a stream that broke off
-    keepalive: bytes
-
-
-async def write_stream(
-    request: web.Request,
-    service: EdgeService,
-    stream: EdgeStream,
-    fmt: StreamFormat,
-    headers: dict[str, str],
-) -> tuple[web.StreamResponse, str]:
-    """Streams `stream` to the caller; returns the response and the outcome for metrics
-    ("200", "502" when the source broke off, "499" when the caller went away)."""
-    resp = web.StreamResponse(
-        status=200,
-        headers={
-            **headers,
-            "Content-Type": fmt.content_type,
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        },
-    )
-    status = "200"
-    last_write = time.monotonic()
-
-    async def keepalive() -> None:
-        # A long thinking phase (or a slow first token) must not look dead to an idle proxy.
-        period = service.config.listen.heartbeat_seconds
-        while True:
-            await asyncio.sleep(period)
-            if time.monotonic() - last_write >= period:
-                await resp.write(fmt.keepalive)
-
-    beat: asyncio.Task[None] | None = None
-    try:
-        await resp.prepare(request)
-        if fmt.opening:
-            await resp.write(fmt.opening)
-        beat = asyncio.create_task(keepalive())
-        async with contextlib.aclosing(stream.batches()) as batches:
-            async for batch in batches:
-                data = fmt.batch(batch)
-                if data:
-                    await resp.write(data)
-                    last_write = time.monotonic()
-        await resp.write(fmt.closing())
-    except TandemError as err:  # the source broke off mid-stream
-        status = "502"
-        log.warning("stream_failed", error=err.message, route=stream.decision.header())
-        with contextlib.suppress(ConnectionError):
-            await resp.write(fmt.error(err))
-    except ConnectionError:
-        status = "499"  # the caller went away; closing the stream releases the source
-    finally:
-        if beat is not None:
-            beat.cancel()
-        await stream.close()
-    return resp, status

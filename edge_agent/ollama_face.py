@@ -72,7 +72,9 @@ async def _answer(request: web.Request, *, chat: bool) -> web.StreamResponse:
         service.count(FACE, None, str(code))
         return error_response(err, headers)
     headers[ROUTE_HEADER] = stream.decision.header()
-    resp, status = await write_stream(request, service, stream, _format(enc, stream), headers)
+    resp, status = await write_stream(
+        request, stream, _format(enc, stream), headers, keepalive_s=service.config.listen.heartbeat_seconds
+    )
     service.count(FACE, stream.decision, status)
     service.metrics.duration.observe(time.perf_counter() - started)
     return resp

@@ -62,7 +62,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         error=wire.error_event,
         keepalive=wire.HEARTBEAT,
     )
-    resp, status = await write_stream(request, service, stream, fmt, headers)
+    resp, status = await write_stream(
+        request, stream, fmt, headers, keepalive_s=service.config.listen.heartbeat_seconds
+    )
     service.count(FACE, stream.decision, status)
     service.metrics.duration.observe(time.perf_counter() - started)
     return resp

@@ -75,9 +75,13 @@ class Sampling:
     repetition_penalty: float | None = None
     seed: int | None = None
 
+    def given(self) -> dict[str, float | int]:
+        """The parameters the caller set, by name (the same names on every wire format)."""
+        return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
+
     def is_default(self) -> bool:
         """True when the caller set no sampling parameter (so mode defaults apply)."""
-        return all(getattr(self, f.name) is None for f in fields(self))
+        return not self.given()
 
 
 @dataclass(slots=True)

@@ -9,7 +9,6 @@ status from `gateway.wire.openai.error_status`. The API routes authenticate the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -19,7 +18,8 @@ from structlog.contextvars import bind_contextvars
 
 from gateway.auth import credential
 from gateway.chat import ChatRequest, Chunk
-from gateway.errors import BadRequest, PayloadTooLarge, TandemError
+from gateway.errors import BadRequest, TandemError
+from gateway.http_io import StreamFormat, json_response, read_body, write_stream
 from gateway.logs import bind_request, get_logger
 from gateway.metrics import CONTENT_TYPE
 from gateway.service import ActiveStream, GatewayService, new_request_id
@@ -34,25 +34,9 @@ READY_KEY = web.AppKey("ready", asyncio.Event)
 JSON = "application/json"
 
 
-def json_response(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=body, status=status, content_type=JSON, headers=headers)
-
-
 def error_response(err: TandemError, headers: dict[str, str] | None = None) -> web.Response:
     status, body, extra = wire.error_response(err)
     return json_response(body, status, {**(headers or {}), **extra})
-
-
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, refusing more than `limit` bytes without reading it all."""
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"request body is {request.content_length} bytes; the limit is {limit}")
-    body = bytearray()
-    async for data in request.content.iter_chunked(64 * 1024):
-        body += data
-        if len(body) > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-    return bytes(body)
 
 
 async def authenticate(request: web.Request, service: GatewayService) -> Tenant | None:
@@ -103,48 +87,18 @@ async def _relay_stream(
     headers: dict[str, str],
     started: float,
 ) -> web.StreamResponse:
-    resp = web.StreamResponse(
-        status=200,
-        headers={
-            **headers,
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        },
-    )
     enc = wire.StreamEncoder(stream.id, stream.model, stream.created)
-    status = "200"
-    last_write = time.monotonic()
-
-    async def heartbeat() -> None:
-        # A long thinking phase must not look dead to an idle-cutting proxy.
-        period = service.config.http.sse_heartbeat_seconds
-        while True:
-            await asyncio.sleep(period)
-            if time.monotonic() - last_write >= period:
-                await resp.write(wire.HEARTBEAT)
-
-    beat: asyncio.Task[None] | None = None
-    try:
-        await resp.prepare(request)
-        await resp.write(enc.role())
-        beat = asyncio.create_task(heartbeat())
-        async with contextlib.aclosing(stream.batches()) as batches:
-            async for batch in batches:
-                await resp.write(_encode(enc, batch, req.include_usage))
-                last_write = time.monotonic()
-        await resp.write(wire.DONE)
-    except TandemError as err:  # the engine broke off mid-stream
-        status = "502"
-        log.warning("stream_failed", error=err.message)
-        with contextlib.suppress(ConnectionError):
-            await resp.write(wire.error_event(err))
-    except ConnectionError:
-        status = "499"  # the caller went away; the upstream stream is closed by aclosing
-    finally:
-        if beat is not None:
-            beat.cancel()
-        await stream.close()
+    fmt = StreamFormat(
+        content_type="text/event-stream",
+        opening=enc.role(),
+        batch=lambda batch: _encode(enc, batch, req.include_usage),
+        closing=lambda: wire.DONE,
+        error=wire.error_event,
+        keepalive=wire.HEARTBEAT,
+    )
+    resp, status = await write_stream(
+        request, stream, fmt, headers, keepalive_s=service.config.http.sse_heartbeat_seconds
+    )
     _count(service, stream.decision.header(), status)
     service.metrics.duration.observe(time.perf_counter() - started)
     return resp

@@ -293,23 +293,8 @@ def engine_body(
     }
     if stream:
         body["stream_options"] = {"include_usage": True}
-    s = req.sampling
-    if s.is_default():
-        body.update(sampling_defaults)
-    else:
-        for key in (
-            "temperature",
-            "top_p",
-            "top_k",
-            "min_p",
-            "presence_penalty",
-            "frequency_penalty",
-            "repetition_penalty",
-            "seed",
-        ):
-            value = getattr(s, key)
-            if value is not None:
-                body[key] = value
+    given = req.sampling.given()
+    body.update(given or sampling_defaults)
     if req.max_tokens is not None:
         body["max_tokens"] = req.max_tokens
     if req.stop:

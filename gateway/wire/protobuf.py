@@ -6,6 +6,7 @@ Used by the gateway's gRPC face and by the edge agent's uplink client.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 import grpc
@@ -126,16 +127,8 @@ def request_from_pb(m: pb.ChatRequest) -> ChatRequest:
         mode = Mode.NON_THINKING if effort in ("none", "minimal") else Mode.THINKING
         source = "reasoning_effort"
     s = m.sampling
-    sampling = Sampling(
-        temperature=s.temperature if s.HasField("temperature") else None,
-        top_p=s.top_p if s.HasField("top_p") else None,
-        top_k=s.top_k if s.HasField("top_k") else None,
-        min_p=s.min_p if s.HasField("min_p") else None,
-        presence_penalty=s.presence_penalty if s.HasField("presence_penalty") else None,
-        frequency_penalty=s.frequency_penalty if s.HasField("frequency_penalty") else None,
-        repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else None,
-        seed=s.seed if s.HasField("seed") else None,
-    )
+    # proto3 `optional` fields: only those the caller set (HasField), by their shared names.
+    sampling = Sampling(**{f.name: getattr(s, f.name) for f in fields(Sampling) if s.HasField(f.name)})
     if m.HasField("max_tokens") and m.max_tokens < 1:
         raise BadRequest("max_tokens must be at least 1", param="max_tokens")
     fmt = None
@@ -182,7 +175,6 @@ def request_from_pb(m: pb.ChatRequest) -> ChatRequest:
 
 def request_to_pb(r: ChatRequest) -> pb.ChatRequest:
     """The internal request as the edge agent sends it up to the gateway."""
-    s = r.sampling
     m = pb.ChatRequest(
         model=r.model,
         mode=_MODE_TO_PB[r.mode],
@@ -193,19 +185,8 @@ def request_to_pb(r: ChatRequest) -> pb.ChatRequest:
         metadata=r.metadata,
         include_usage=True,
     )
-    for key in (
-        "temperature",
-        "top_p",
-        "top_k",
-        "min_p",
-        "presence_penalty",
-        "frequency_penalty",
-        "repetition_penalty",
-        "seed",
-    ):
-        value = getattr(s, key)
-        if value is not None:
-            setattr(m.sampling, key, value)
+    for key, value in r.sampling.given().items():
+        setattr(m.sampling, key, value)
     if r.max_tokens is not None:
         m.max_tokens = r.max_tokens
     for msg in r.messages:
