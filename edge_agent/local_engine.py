@@ -360,14 +360,14 @@ async def _chunks(resp: aiohttp.ClientResponse) -> AsyncGenerator[list[Chunk], N
             *lines, pending = pending.split(b"\n")
             batch, error = _parse(lines)
             if batch:
-                done = batch[-1].finish_reason is not None
+                done = batch[-1].final = batch[-1].finish_reason is not None
                 yield batch
             if error is not None:
                 raise _Broken(error)
         if pending.strip():
             batch, error = _parse([pending])
             if batch:
-                done = batch[-1].finish_reason is not None
+                done = batch[-1].final = batch[-1].finish_reason is not None
                 yield batch
             if error is not None:
                 raise _Broken(error)

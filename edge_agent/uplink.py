@@ -76,9 +76,11 @@ class UplinkStream:
                     raise UpstreamFailed(f"the gateway stream broke off: {_text(exc)}") from None
                 if message is None:
                     return
-                if message.HasField("route"):
+                chunk = wire.chunk_from_pb(message)
+                if message.HasField("route"):  # the gateway's last message
                     self.route = wire.decision_from_pb(message.route)
-                yield [wire.chunk_from_pb(message)]
+                    chunk.final = True
+                yield [chunk]
         finally:
             self.close()
 
@@ -210,8 +212,9 @@ class Uplink:
             raise
         self.breaker.succeeded()
         stream = UplinkStream(first=wire.chunk_from_pb(first), _call=call, _uplink=self)
-        if first.HasField("route"):
+        if first.HasField("route"):  # the whole answer came in one message
             stream.route = wire.decision_from_pb(first.route)
+            stream.first.final = True
         return stream
 
     async def _read(self, c: _Call) -> pb.ChatChunk | None:

@@ -144,6 +144,9 @@ class Chunk:
     tool_calls: list[ToolCall] = field(default_factory=list)
     finish_reason: str | None = None
     usage: Usage | None = None
+    # Set on a source's last chunk when the source knows nothing follows it, so that a face
+    # can end its reply in the same write as the last batch (one send instead of two or three).
+    final: bool = False
 
 
 @dataclass(slots=True)

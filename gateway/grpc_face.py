@@ -2,7 +2,8 @@
 
 A thin layer over `GatewayService`. `Chat` streams one `ChatChunk` per batch of engine events
 (answer and reasoning kept apart); the last chunk carries usage, finish reason and the route
-decision, which is also sent as trailing metadata `x-tandem-route`.
+decision, which is also sent as trailing metadata `x-tandem-route`. The engine's final batch
+travels in that last chunk, so a short answer read in one go is a single message.
 
 Every call authenticates its caller from the metadata `authorization: Bearer <key>` (what the
 edge agent's uplink sends) or `x-api-key: <key>`. `Heartbeat` records the edge's status in the
@@ -85,6 +86,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         route = decision.header()
         usage: Usage | None = None
         finish = ""
+        tail = Chunk()  # what the engine's final batch said: it leaves with the last message
         try:
             async for batch in stream.batches():
                 merged = _merge(batch)
@@ -92,7 +94,9 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                     usage = merged.usage
                     merged.usage = None
                 finish = merged.finish_reason or finish
-                if merged.content or merged.reasoning or merged.tool_calls:
+                if merged.final:
+                    tail = merged
+                elif merged.content or merged.reasoning or merged.tool_calls:
                     yield wire.chunk_to_pb(
                         merged, response_id=stream.id, model=stream.model, created=stream.created
                     )
@@ -103,13 +107,9 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             context.set_trailing_metadata((("x-tandem-route", route), *wire.error_trailers(err)))
             await context.abort(wire.error_code(err), err.message)
             return
-        last = pb.ChatChunk(
-            id=stream.id,
-            model=stream.model,
-            created=stream.created,
-            finish_reason=finish or "stop",
-            route=wire.decision_to_pb(decision),
-        )
+        last = wire.chunk_to_pb(tail, response_id=stream.id, model=stream.model, created=stream.created)
+        last.finish_reason = finish or "stop"
+        last.route.CopyFrom(wire.decision_to_pb(decision))
         if usage is not None:
             last.usage.CopyFrom(wire.usage_to_pb(usage))
         context.set_trailing_metadata((("x-tandem-route", route),))
@@ -195,6 +195,7 @@ def _merge(batch: list[Chunk]) -> Chunk:
         out.usage = c.usage or out.usage
     out.content = "".join(content)
     out.reasoning = "".join(reasoning)
+    out.final = batch[-1].final
     return out
 
 

@@ -42,6 +42,12 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return bytes(body)
 
 
+class _StreamResponse(web.StreamResponse):
+    # aiohttp sends a stream's headers at `prepare()`, in a send of their own; held back, they
+    # leave with the first write (as `web.Response` does with its body).
+    _send_headers_immediately = False
+
+
 @dataclass(slots=True)
 class StreamFormat:
     content_type: str
@@ -72,7 +78,7 @@ async def write_stream(
 ) -> tuple[web.StreamResponse, str]:
     """Streams `stream` to the caller; returns the response and the outcome for metrics
     ("200", "502" when the source broke off, "499" when the caller went away)."""
-    resp = web.StreamResponse(
+    resp = _StreamResponse(
         status=200,
         headers={
             **headers,
@@ -92,18 +98,25 @@ async def write_stream(
                 await resp.write(fmt.keepalive)
 
     beat: asyncio.Task[None] | None = None
+    # Every write is a send and a wake-up of the caller: the headers and the opening go out with
+    # the first batch (the source has it already), and the closing with a final batch.
+    opening = fmt.opening
+    ended = False
     try:
         await resp.prepare(request)
-        if fmt.opening:
-            await resp.write(fmt.opening)
         beat = asyncio.create_task(keepalive())
         async with contextlib.aclosing(stream.batches()) as batches:
             async for batch in batches:
-                data = fmt.batch(batch)
-                if data:
+                data = opening + fmt.batch(batch)
+                opening = b""
+                if batch and batch[-1].final:
+                    ended = True
+                    await resp.write_eof(data + fmt.closing())
+                elif data:
                     await resp.write(data)
                     last_write = time.monotonic()
-        await resp.write(fmt.closing())
+        if not ended:
+            await resp.write_eof(opening + fmt.closing())
     except TandemError as err:  # the source broke off mid-stream
         status = "502"
         log.warning("stream_failed", error=err.message, route=stream.decision.header())

@@ -223,6 +223,7 @@ async def stream_chunks(resp: aiohttp.ClientResponse) -> AsyncGenerator[list[Chu
                     if chunk is not None:
                         batch.append(chunk)
             if batch:
+                batch[-1].final = done
                 yield batch
     finally:
         resp.release()

@@ -288,33 +288,36 @@ class GatewayService:
         timeout = self.config.router.timeout_seconds
         try:
             admission.grant = await self.limits.acquire(tenant, decision.estimated_tokens)
-            async for upstream in self._attempts(decision, admission):
-                started = time.perf_counter()
-                try:
-                    resp = await self.relay.open(
-                        upstream,
-                        self._body(req, decision, upstream, stream=False),
-                        first_byte_timeout=timeout,
-                        total_timeout=timeout,
+            # Closed explicitly: an abandoned async generator is finalized through a thread-safe
+            # wake-up of the loop (a syscall and an extra loop turn per request).
+            async with contextlib.aclosing(self._attempts(decision, admission)) as attempts:
+                async for upstream in attempts:
+                    started = time.perf_counter()
+                    try:
+                        resp = await self.relay.open(
+                            upstream,
+                            self._body(req, decision, upstream, stream=False),
+                            first_byte_timeout=timeout,
+                            total_timeout=timeout,
+                        )
+                        data = await self.relay.read_json(upstream, resp)
+                    except AttemptFailed as exc:
+                        self._fail(upstream, exc, failures)
+                        continue
+                    self.balancer.succeeded(upstream, latency_s=time.perf_counter() - started)
+                    chunk, engine_id = parse_completion(data)
+                    admission.used_tokens = chunk.usage.total_tokens if chunk.usage else None
+                    return ChatResult(
+                        id=f"chatcmpl-{req.request_id or engine_id}",
+                        model=req.model,
+                        content=chunk.content,
+                        reasoning=chunk.reasoning,
+                        tool_calls=chunk.tool_calls,
+                        finish_reason=chunk.finish_reason or "stop",
+                        usage=chunk.usage or Usage(),
+                        created=int(time.time()),
+                        route=decision,
                     )
-                    data = await self.relay.read_json(upstream, resp)
-                except AttemptFailed as exc:
-                    self._fail(upstream, exc, failures)
-                    continue
-                self.balancer.succeeded(upstream, latency_s=time.perf_counter() - started)
-                chunk, engine_id = parse_completion(data)
-                admission.used_tokens = chunk.usage.total_tokens if chunk.usage else None
-                return ChatResult(
-                    id=f"chatcmpl-{req.request_id or engine_id}",
-                    model=req.model,
-                    content=chunk.content,
-                    reasoning=chunk.reasoning,
-                    tool_calls=chunk.tool_calls,
-                    finish_reason=chunk.finish_reason or "stop",
-                    usage=chunk.usage or Usage(),
-                    created=int(time.time()),
-                    route=decision,
-                )
             raise self._exhausted(decision, failures)
         finally:
             admission.release()
@@ -331,43 +334,47 @@ class GatewayService:
         router = self.config.router
         try:
             admission.grant = await self.limits.acquire(tenant, decision.estimated_tokens)
-            async for upstream in self._attempts(decision, admission):
-                started = time.perf_counter()
-                try:
-                    resp = await self.relay.open(
-                        upstream,
-                        self._body(req, decision, upstream, stream=True),
-                        first_byte_timeout=router.first_token_timeout_seconds,
-                        total_timeout=router.timeout_seconds,
-                    )
-                    rest = stream_chunks(resp)
+            # Closed explicitly: an abandoned async generator is finalized through a thread-safe
+            # wake-up of the loop (a syscall and an extra loop turn per request).
+            async with contextlib.aclosing(self._attempts(decision, admission)) as attempts:
+                async for upstream in attempts:
+                    started = time.perf_counter()
                     try:
-                        first = await first_batch(rest, router.first_token_timeout_seconds)
-                    except TimeoutError:
-                        await rest.aclose()
-                        raise AttemptFailed(
-                            f"{upstream.id}: no first token within {router.first_token_timeout_seconds:g}s"
-                        ) from None
-                    except StreamBroken as exc:
-                        await rest.aclose()
-                        raise AttemptFailed(f"{upstream.id}: {exc}") from None
-                except AttemptFailed as exc:
-                    self._fail(upstream, exc, failures)
-                    continue
-                latency = time.perf_counter() - started
-                self.balancer.succeeded(upstream, latency_s=latency)
-                self.metrics.first_token.observe(latency)
-                admission.used_tokens = None  # known when the usage chunk arrives
-                return ActiveStream(
-                    id=f"chatcmpl-{req.request_id or new_request_id()}",
-                    model=req.model,
-                    created=int(time.time()),
-                    decision=decision,
-                    first=first,
-                    _rest=rest,
-                    _admission=admission,
-                    _service=self,
-                )
+                        resp = await self.relay.open(
+                            upstream,
+                            self._body(req, decision, upstream, stream=True),
+                            first_byte_timeout=router.first_token_timeout_seconds,
+                            total_timeout=router.timeout_seconds,
+                        )
+                        rest = stream_chunks(resp)
+                        try:
+                            deadline = router.first_token_timeout_seconds
+                            first = await first_batch(rest, deadline)
+                        except TimeoutError:
+                            await rest.aclose()
+                            raise AttemptFailed(
+                                f"{upstream.id}: no first token within {deadline:g}s"
+                            ) from None
+                        except StreamBroken as exc:
+                            await rest.aclose()
+                            raise AttemptFailed(f"{upstream.id}: {exc}") from None
+                    except AttemptFailed as exc:
+                        self._fail(upstream, exc, failures)
+                        continue
+                    latency = time.perf_counter() - started
+                    self.balancer.succeeded(upstream, latency_s=latency)
+                    self.metrics.first_token.observe(latency)
+                    admission.used_tokens = None  # known when the usage chunk arrives
+                    return ActiveStream(
+                        id=f"chatcmpl-{req.request_id or new_request_id()}",
+                        model=req.model,
+                        created=int(time.time()),
+                        decision=decision,
+                        first=first,
+                        _rest=rest,
+                        _admission=admission,
+                        _service=self,
+                    )
             raise self._exhausted(decision, failures)
         except BaseException:
             admission.release()
