@@ -24,7 +24,7 @@ import contextlib
 import itertools
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -237,7 +237,9 @@ class GatewayService:
 
     # --- running -----------------------------------------------------------------------------
 
-    async def _attempts(self, decision: RouteDecision, admission: Admission) -> AsyncIterator[Upstream]:
+    async def _attempts(
+        self, decision: RouteDecision, admission: Admission
+    ) -> AsyncGenerator[Upstream, None]:
         """Endpoints to try in order: retries within the pool, then each fallback pool."""
         retries = self.config.router.num_retries
         pools = [decision.pool, *self.balancer.fallbacks(decision.pool)]
