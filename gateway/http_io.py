@@ -104,7 +104,6 @@ async def write_stream(
     ended = False
     try:
         await resp.prepare(request)
-        beat = asyncio.create_task(keepalive())
         async with contextlib.aclosing(stream.batches()) as batches:
             async for batch in batches:
                 data = opening + fmt.batch(batch)
@@ -115,6 +114,8 @@ async def write_stream(
                 elif data:
                     await resp.write(data)
                     last_write = time.monotonic()
+                if beat is None and not ended:  # a stream that ends in its first batch needs none
+                    beat = asyncio.create_task(keepalive())
         if not ended:
             await resp.write_eof(opening + fmt.closing())
     except TandemError as err:  # the source broke off mid-stream
