@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -201,6 +202,7 @@ async def serve(config: EdgeConfig, *, started_at: float | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
+    gc.freeze()  # what start-up built lives as long as the process: no collection walks it again
     # One plain line launchers can parse (with port 0 the OS picked the port).
     print(f"tandem edge: listening on {server.url}", flush=True)
     log.info(

@@ -62,7 +62,7 @@ class GatewayServicer:
     def Chat(self, request, context):
         """Runs one chat request; streams chunks as the engine produces them. The last chunk
         carries usage, finish reason and the route decision (also sent as trailing metadata
-        `x-tandem-route`).
+        `x-tandem-route`), and may carry the answer's last text too.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
