@@ -710,6 +710,13 @@ def document(res: dict[str, Any], existing: str = "") -> str:
     lines += decision_table(res)
     if res.get("balancer"):
         lines += [res["balancer"].strip().replace("## Balancer", "### Balancer"), ""]
+    if res.get("client_cost"):
+        lines += [
+            "### The engine hop: CPU per call of the HTTP client (`bench/client_cost.py`)",
+            "",
+            res["client_cost"].strip(),
+            "",
+        ]
     if res.get("registry"):
         lines += [
             res["registry"]["markdown"].strip().replace("## Model distribution", "### Model distribution"),

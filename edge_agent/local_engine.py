@@ -1,4 +1,4 @@
-"""The local engine: the Ollama beside the edge agent, over its REST API (aiohttp).
+"""The local engine: the Ollama beside the edge agent, over its REST API (`EngineClient`).
 
 What it knows: which models Ollama has (`/api/tags`) and, per model, its context length and
 whether it can think (`/api/show`, read again only when a model's digest changes); whether
@@ -19,16 +19,18 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import orjson
 
 from edge_agent.config import Ollama as OllamaConfig
 from gateway.chat import Chunk
+from gateway.engine_http import EngineClient, EngineUnreachable, Response
 from gateway.errors import BadRequest, PayloadTooLarge, UpstreamFailed
 from gateway.logs import get_logger
 from gateway.wire import ollama as wire
 
 log = get_logger("tandem.edge.local")
+
+_JSON = {"Content-Type": "application/json"}
 
 
 class LocalUnavailable(Exception):
@@ -46,6 +48,14 @@ class LocalRefused(Exception):
 
 class _Broken(Exception):
     """The stream broke off (error line, reset, stall, or an end without `done`)."""
+
+
+class _Status(Exception):
+    """A JSON call that did not answer 200."""
+
+    def __init__(self, path: str, status: int) -> None:
+        super().__init__(f"{path} answered HTTP {status}")
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +107,7 @@ class LocalEngine:
         self.warm = False
         self.version = ""
         self.in_flight = 0
-        self._session: aiohttp.ClientSession | None = None
+        self._client: EngineClient | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._warming: asyncio.Task[None] | None = None
         self._warm_error = ""
@@ -106,11 +116,7 @@ class LocalEngine:
 
     async def start(self) -> None:
         """Opens the HTTP session, reads the models once, and starts the refresh loop."""
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-            skip_auto_headers=("User-Agent",),
-            auto_decompress=False,
-        )
+        self._client = EngineClient(connect_s=self.config.connect_timeout_seconds)
         await self.refresh()
         self._tasks.append(asyncio.create_task(self._refresh_loop(), name="ollama-refresh"))
 
@@ -120,8 +126,8 @@ class LocalEngine:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._session is not None:
-            await self._session.close()
+        if self._client is not None:
+            await self._client.close()
 
     @property
     def saturated(self) -> bool:
@@ -153,7 +159,8 @@ class LocalEngine:
                 elif name and (model := await self._describe(name, entry)) is not None:
                     models[name] = model
         except (
-            aiohttp.ClientError,
+            EngineUnreachable,
+            _Status,
             TimeoutError,
             orjson.JSONDecodeError,
             AttributeError,
@@ -182,7 +189,7 @@ class LocalEngine:
     async def _describe(self, name: str, tag: dict[str, Any]) -> LocalModel | None:
         try:
             show = await self._post_json("/api/show", {"model": name})
-        except aiohttp.ClientResponseError as exc:  # deleted since the listing, or unreadable
+        except _Status as exc:  # deleted since the listing, or unreadable
             log.warning("local_model_skipped", model=name, why=f"/api/show answered {exc.status}")
             return None
         info = show.get("model_info") or {}
@@ -238,7 +245,7 @@ class LocalEngine:
         body = wire.warm_body(local.name, self.settings(local))
         try:
             await self._post_json("/api/generate", body, total_s=self.config.timeout_seconds)
-        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+        except (EngineUnreachable, _Status, TimeoutError, orjson.JSONDecodeError) as exc:
             self._warm_failed(model, f"{type(exc).__name__}: {exc}")
             return
         if not self.warm:
@@ -263,23 +270,25 @@ class LocalEngine:
     # --- requests -------------------------------------------------------------------------------
 
     async def _get_json(self, path: str) -> dict[str, Any]:
-        assert self._session is not None, "LocalEngine.start() was not awaited"
-        timeout = aiohttp.ClientTimeout(total=self.config.connect_timeout_seconds * 2)
-        async with self._session.get(self.config.url + path, timeout=timeout) as resp:
-            resp.raise_for_status()
-            return _object(await resp.read())
+        return await self._json("GET", path, b"", total_s=self.config.connect_timeout_seconds * 2)
 
     async def _post_json(
         self, path: str, body: dict[str, Any], *, total_s: float | None = None
     ) -> dict[str, Any]:
-        assert self._session is not None, "LocalEngine.start() was not awaited"
-        limit = aiohttp.ClientTimeout(
-            total=total_s or self.config.connect_timeout_seconds * 2,
-            sock_connect=self.config.connect_timeout_seconds,
+        total = total_s or self.config.connect_timeout_seconds * 2
+        return await self._json("POST", path, orjson.dumps(body), total_s=total)
+
+    async def _json(self, method: str, path: str, body: bytes, *, total_s: float) -> dict[str, Any]:
+        assert self._client is not None, "LocalEngine.start() was not awaited"
+        resp = await self._client.request(
+            method, self.config.url + path, body, _JSON if body else None, total_s=total_s
         )
-        async with self._session.post(self.config.url + path, data=orjson.dumps(body), timeout=limit) as resp:
-            resp.raise_for_status()
+        try:
+            if resp.status != 200:
+                raise _Status(path, resp.status)
             return _object(await resp.read())
+        finally:
+            resp.release()
 
     async def stream(self, path: str, body: dict[str, Any]) -> LocalStream:
         """Sends a chat or generate body and waits for the first chunks.
@@ -287,7 +296,7 @@ class LocalEngine:
         Raises `LocalUnavailable` (Ollama down or failing before any token: the caller may
         send the request elsewhere), `LocalRefused`, or `BadRequest` (the request is at fault).
         """
-        assert self._session is not None, "LocalEngine.start() was not awaited"
+        assert self._client is not None, "LocalEngine.start() was not awaited"
         cfg = self.config
         self.in_flight += 1
         released = False
@@ -299,17 +308,19 @@ class LocalEngine:
                 self.in_flight -= 1
 
         try:
-            timeout = aiohttp.ClientTimeout(
-                total=cfg.timeout_seconds,
-                sock_connect=cfg.connect_timeout_seconds,
-                sock_read=cfg.first_token_timeout_seconds,
-            )
             try:
-                resp = await self._session.post(cfg.url + path, data=orjson.dumps(body), timeout=timeout)
+                resp = await self._client.request(
+                    "POST",
+                    cfg.url + path,
+                    orjson.dumps(body),
+                    _JSON,
+                    read_s=cfg.first_token_timeout_seconds,
+                    total_s=cfg.timeout_seconds,
+                )
             except TimeoutError:
                 raise self._down(f"no answer within {cfg.first_token_timeout_seconds:g}s") from None
-            except aiohttp.ClientError as exc:
-                raise self._down(f"{type(exc).__name__}: {exc}") from None
+            except EngineUnreachable as exc:
+                raise self._down(str(exc)) from None
             if resp.status != 200:
                 raise await _refusal(resp)
             rest = _chunks(resp)
@@ -329,10 +340,10 @@ class LocalEngine:
         return LocalUnavailable(f"the local Ollama at {self.config.url} is unavailable: {why}")
 
 
-async def _refusal(resp: aiohttp.ClientResponse) -> Exception:
+async def _refusal(resp: Response) -> Exception:
     try:
         raw = await resp.read()
-    except (aiohttp.ClientError, TimeoutError):
+    except (EngineUnreachable, TimeoutError):
         raw = b""
     finally:
         resp.release()
@@ -348,12 +359,12 @@ async def _refusal(resp: aiohttp.ClientResponse) -> Exception:
     return BadRequest(message)
 
 
-async def _chunks(resp: aiohttp.ClientResponse) -> AsyncGenerator[list[Chunk], None]:
+async def _chunks(resp: Response) -> AsyncGenerator[list[Chunk], None]:
     """The stream's chunks, one list per read: every complete line that had arrived."""
     pending = b""
     done = False
     try:
-        async for data in resp.content.iter_any():
+        while data := await resp.readany():
             pending += data
             if b"\n" not in data:
                 continue
@@ -373,7 +384,7 @@ async def _chunks(resp: aiohttp.ClientResponse) -> AsyncGenerator[list[Chunk], N
                 raise _Broken(error)
         if not done:
             raise _Broken("the stream ended before its final object")
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except (EngineUnreachable, TimeoutError) as exc:
         raise _Broken(f"{type(exc).__name__}: {exc}") from None
     finally:
         # Closing an unfinished answer drops the connection, which stops Ollama generating.

@@ -1,6 +1,7 @@
 """Talking to one vLLM endpoint: send a chat request, read its answer or its SSE stream.
 
-One aiohttp session per process, one POST per attempt. Stream events are parsed with orjson
+One `EngineClient` per process (kept-alive HTTP/1.1, `gateway/engine_http.py`), one POST per
+attempt. Stream events are parsed with orjson
 into `Chunk`s as they arrive; a burst of events read in one wake-up is parsed in one pass, and
 nothing is held back waiting for more. Whether to retry a failed attempt elsewhere is the
 application's call (`gateway/service.py`); this module only says what failed and whether the
@@ -13,10 +14,10 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 
 from gateway.chat import Chunk, ToolCall, Usage
+from gateway.engine_http import EngineClient, EngineUnreachable, Response
 from gateway.pool import Upstream
 
 
@@ -41,57 +42,44 @@ class StreamBroken(Exception):
 class Relay:
     """HTTP client for the pool's engines, owned by the application object."""
 
-    def __init__(self, *, connect_timeout: float, limit: int) -> None:
-        self._connect_timeout = connect_timeout
-        self._limit = limit
-        self._session: aiohttp.ClientSession | None = None
+    def __init__(self, *, connect_timeout: float) -> None:
+        self._client = EngineClient(connect_s=connect_timeout)
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self._limit, limit_per_host=0, keepalive_timeout=30, enable_cleanup_closed=True
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            json_serialize=lambda o: orjson.dumps(o).decode(),
-            skip_auto_headers=("User-Agent",),
-            auto_decompress=False,
-        )
+        pass
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._client.close()
 
     async def open(
         self, upstream: Upstream, body: dict[str, Any], *, first_byte_timeout: float, total_timeout: float
-    ) -> aiohttp.ClientResponse:
+    ) -> Response:
         """Sends the request; returns the response once its status is 200."""
-        assert self._session is not None, "Relay.start() was not awaited"
         headers = {"Content-Type": "application/json"}
         if upstream.api_key:
             headers["Authorization"] = f"Bearer {upstream.api_key}"
-        timeout = aiohttp.ClientTimeout(
-            total=total_timeout, sock_connect=self._connect_timeout, sock_read=first_byte_timeout
-        )
         try:
-            resp = await self._session.post(
+            resp = await self._client.request(
+                "POST",
                 f"{upstream.base_url}/chat/completions",
-                data=orjson.dumps(body),
-                headers=headers,
-                timeout=timeout,
+                orjson.dumps(body),
+                headers,
+                read_s=first_byte_timeout,
+                total_s=total_timeout,
             )
         except TimeoutError:
             raise AttemptFailed(f"{upstream.id}: no answer within {first_byte_timeout:g}s") from None
-        except aiohttp.ClientError as exc:
-            raise AttemptFailed(f"{upstream.id}: {type(exc).__name__}: {exc}") from None
+        except EngineUnreachable as exc:
+            raise AttemptFailed(f"{upstream.id}: {exc}") from None
         if resp.status != 200:
             raise await _failed_response(upstream, resp)
         return resp
 
-    async def read_json(self, upstream: Upstream, resp: aiohttp.ClientResponse) -> dict[str, Any]:
+    async def read_json(self, upstream: Upstream, resp: Response) -> dict[str, Any]:
         """The body of a non-streamed answer."""
         try:
             data = await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (EngineUnreachable, TimeoutError) as exc:
             raise AttemptFailed(f"{upstream.id}: answer cut: {type(exc).__name__}") from None
         finally:
             resp.release()
@@ -104,11 +92,11 @@ class Relay:
         return parsed
 
 
-async def _failed_response(upstream: Upstream, resp: aiohttp.ClientResponse) -> AttemptFailed:
+async def _failed_response(upstream: Upstream, resp: Response) -> AttemptFailed:
     status = resp.status
     try:
         raw = await resp.read()
-    except (aiohttp.ClientError, TimeoutError):
+    except (EngineUnreachable, TimeoutError):
         raw = b""
     finally:
         resp.release()
@@ -188,7 +176,7 @@ def _event_chunk(event: dict[str, Any]) -> Chunk | None:
     return chunk
 
 
-async def stream_chunks(resp: aiohttp.ClientResponse) -> AsyncGenerator[list[Chunk], None]:
+async def stream_chunks(resp: Response) -> AsyncGenerator[list[Chunk], None]:
     """Yields the chunks of an SSE stream, one list per network read, until `[DONE]`.
 
     Raises `StreamBroken` when the engine sends an error event, the connection drops, or
@@ -199,8 +187,8 @@ async def stream_chunks(resp: aiohttp.ClientResponse) -> AsyncGenerator[list[Chu
     try:
         while not done:
             try:
-                data = await resp.content.readany()
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                data = await resp.readany()
+            except (EngineUnreachable, TimeoutError) as exc:
                 raise StreamBroken(f"connection to the engine failed: {type(exc).__name__}") from None
             if not data:
                 raise StreamBroken("the engine closed the stream before [DONE]")

@@ -155,9 +155,8 @@ class GatewayService:
             retry_after_s=config.limits.retry_after_seconds,
         )
         self.limits = self.state.limits
-        self.relay = Relay(
-            connect_timeout=config.router.connect_timeout_seconds, limit=config.limits.max_in_flight
-        )
+        # Connections are bounded by the requests in flight (`limits.max_in_flight`).
+        self.relay = Relay(connect_timeout=config.router.connect_timeout_seconds)
         self._in_flight = 0
         self._upstream_load: dict[str, int] = {}
         self._idle = asyncio.Event()

@@ -20,20 +20,15 @@ from gateway.http_io import StreamFormat, write_stream
 from gateway.relay import stream_chunks
 
 
-class _Content:
-    def __init__(self, reads: list[bytes]) -> None:
-        self._reads = reads
-
-    async def readany(self) -> bytes:
-        return self._reads.pop(0) if self._reads else b""
-
-
 class _Response:
     """What `stream_chunks` reads: the body as the network delivered it, read by read."""
 
     def __init__(self, reads: list[bytes]) -> None:
-        self.content = _Content(reads)
+        self._reads = reads
         self.released = False
+
+    async def readany(self) -> bytes:
+        return self._reads.pop(0) if self._reads else b""
 
     def release(self) -> None:
         self.released = True
