@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -10,6 +11,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import grpc
 import pytest
+import uvloop
 from openai import AsyncOpenAI
 
 from gateway.config import GatewayConfig
@@ -19,6 +21,14 @@ from proto.tandem.v1 import gateway_pb2_grpc
 
 SERVED = "Qwen/Qwen3-14B"
 CONTEXT = 4096
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """The engine client's tests run on asyncio's loop and on uvloop (what the processes run);
+    the rest on asyncio's."""
+    if item.path.name == "test_engine_http.py":
+        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
 
 
 def gateway_config(urls: list[str], **overrides: Any) -> GatewayConfig:

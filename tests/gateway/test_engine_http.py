@@ -1,5 +1,7 @@
 """`EngineClient` against real servers on loopback: aiohttp for a well-behaved engine, raw
-asyncio servers for the misbehaving ones."""
+asyncio servers for the misbehaving ones. Every test runs on asyncio's loop and on uvloop (the
+processes serve on uvloop, whose transports differ): see `pytest_asyncio_loop_factories` in
+this directory's conftest."""
 
 from __future__ import annotations
 
@@ -153,16 +155,39 @@ async def test_a_refused_connection_is_unreachable(client: EngineClient) -> None
         await client.request("GET", "http://127.0.0.1:9/")
 
 
-async def raw_server(handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]) -> str:
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+RawServer = Callable[[Handler], Awaitable[str]]
+
+
+@pytest.fixture
+async def raw_server() -> AsyncIterator[RawServer]:
+    servers: list[asyncio.Server] = []
+    writers: list[asyncio.StreamWriter] = []
+
+    async def start(handle: Handler) -> str:
+        async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writers.append(writer)
+            await handle(reader, writer)
+
+        server = await asyncio.start_server(tracked, "127.0.0.1", 0)
+        servers.append(server)
+        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+
+    yield start
+    for writer in writers:
+        writer.close()
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+    await asyncio.sleep(0)
 
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
-async def test_a_kept_connection_the_engine_closed_is_replaced_once(client: EngineClient) -> None:
+async def test_a_kept_connection_the_engine_closed_is_replaced_once(
+    client: EngineClient, raw_server: RawServer
+) -> None:
     connections = 0
 
     async def one_answer_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -182,7 +207,9 @@ async def test_a_kept_connection_the_engine_closed_is_replaced_once(client: Engi
     assert connections == 3  # the 2nd and 3rd requests each met a closed kept connection, then a new one
 
 
-async def test_a_fresh_connection_that_breaks_is_not_retried(client: EngineClient) -> None:
+async def test_a_fresh_connection_that_breaks_is_not_retried(
+    client: EngineClient, raw_server: RawServer
+) -> None:
     connections = 0
 
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -197,7 +224,7 @@ async def test_a_fresh_connection_that_breaks_is_not_retried(client: EngineClien
     assert connections == 1
 
 
-async def test_connection_close_is_honoured(client: EngineClient) -> None:
+async def test_connection_close_is_honoured(client: EngineClient, raw_server: RawServer) -> None:
     connections = 0
 
     async def close_each(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -217,7 +244,7 @@ async def test_connection_close_is_honoured(client: EngineClient) -> None:
     assert connections == 2
 
 
-async def test_an_engine_that_is_not_http_is_unreachable(client: EngineClient) -> None:
+async def test_an_engine_that_is_not_http_is_unreachable(client: EngineClient, raw_server: RawServer) -> None:
     async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"SSH-2.0-OpenSSH_9.6\r\n")
@@ -228,7 +255,9 @@ async def test_an_engine_that_is_not_http_is_unreachable(client: EngineClient) -
         await client.request("GET", target)
 
 
-async def test_an_engine_that_hangs_up_mid_answer_breaks_the_read(client: EngineClient) -> None:
+async def test_an_engine_that_hangs_up_mid_answer_breaks_the_read(
+    client: EngineClient, raw_server: RawServer
+) -> None:
     async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
