@@ -6,7 +6,11 @@ this directory's conftest."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -276,3 +280,55 @@ def test_a_header_with_a_line_break_is_refused() -> None:
 
     with pytest.raises(ValueError, match="line break"):
         _head("POST", _parse_target("http://h/"), {"Authorization": "Bearer k\r\nX-Evil: 1"})
+
+
+@pytest.fixture(scope="module")
+def tls_cert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    d = tmp_path_factory.mktemp("tls")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-out", "cert.pem",
+         "-days", "1", "-subj", "/CN=engine", "-addext", "subjectAltName=IP:127.0.0.1"],
+        cwd=d, check=True, capture_output=True,
+    )  # fmt: skip
+    return d
+
+
+@pytest.fixture
+async def tls_engine(tls_cert: Path) -> AsyncIterator[str]:
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(body=b"over tls")
+
+    app = web.Application()
+    app.router.add_get("/hello", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(tls_cert / "cert.pem", tls_cert / "key.pem")
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"https://127.0.0.1:{port}/hello"
+    await runner.cleanup()
+
+
+async def test_an_https_engine_is_reached_over_verified_tls(tls_cert: Path, tls_engine: str) -> None:
+    trusting = EngineClient(
+        connect_s=2.0, ssl_context=ssl.create_default_context(cafile=tls_cert / "cert.pem")
+    )
+    try:
+        resp = await trusting.request("GET", tls_engine)
+        assert await resp.read() == b"over tls"
+        resp.release()
+    finally:
+        await trusting.close()
+
+
+async def test_an_https_engine_with_an_unknown_certificate_is_unreachable(tls_engine: str) -> None:
+    default = EngineClient(connect_s=2.0)  # the system's CAs: they never signed this one
+    try:
+        with pytest.raises(EngineUnreachable, match="could not connect"):
+            await default.request("GET", tls_engine)
+    finally:
+        await default.close()
