@@ -693,7 +693,13 @@ def document(res: dict[str, Any], existing: str = "") -> str:
     miss = missed(res)
     lines += ["Targets missed in this run:" + (" none." if not miss else ""), ""]
     lines += [f"- {r.figure}: {r.tandem} (target {r.target})" for r in miss]
-    lines += [""] if miss else []
+    if miss:
+        lines += [
+            "",
+            "Where each one's cost lies, measured, and what meeting it would take: "
+            '`bench/README.md`, "Targets this design does not meet".',
+            "",
+        ]
     if res.get("serving"):
         lines += [
             "## Serving",
