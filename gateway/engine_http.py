@@ -1,11 +1,11 @@
 """HTTP/1.1 to the engines (vLLM behind the gateway, Ollama beside the edge agent).
 
 The hot path of both processes is one POST per request to an engine on a kept-alive
-connection. aiohttp's client spends ~160 us of CPU on each (request and response objects,
-header handling, timers, a task per body write); this one spends ~40 us: the request is
-written in one send from pre-encoded parts, the response is parsed by `httptools` (the
-llhttp parser uvicorn uses) straight from `data_received`, and the body is handed over as
-it arrives. Measured with `python -m bench.client_cost`.
+connection. aiohttp's client spends 165-225 us of CPU on each (request and response objects,
+header handling, timers, a task per body write); this one spends 70-90 us, measured side by
+side with `python -m bench.client_cost`: the request is written in one send from parts
+encoded once per upstream, the response is parsed by `httptools` (the llhttp parser uvicorn
+uses) straight from `data_received`, and the body is handed over as it arrives.
 
 What it does, and no more: `GET`/`POST` with a body in one piece; responses of any length,
 `Content-Length` or chunked, read whole or as they arrive (`readany`); kept-alive
