@@ -13,8 +13,7 @@ import time
 import orjson
 from aiohttp import web
 
-from edge_agent.http_io import SERVICE_KEY, StreamFormat, json_response, read_body, write_stream
-from gateway.chat import Chunk
+from edge_agent.http_io import SERVICE_KEY, json_response, openai_stream_format, read_body, write_stream
 from gateway.errors import TandemError
 from gateway.logs import bind_request, get_logger
 from gateway.service import new_request_id
@@ -53,31 +52,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         service.count(FACE, None, str(code))
         return error_response(err, headers)
     headers[wire.ROUTE_HEADER] = stream.decision.header()
-    enc = wire.StreamEncoder(stream.id, stream.model, stream.created)
-    fmt = StreamFormat(
-        content_type="text/event-stream",
-        opening=enc.role(),
-        batch=lambda batch: _encode(enc, batch, req.include_usage),
-        closing=lambda: wire.DONE,
-        error=wire.error_event,
-        keepalive=wire.HEARTBEAT,
-    )
+    fmt = openai_stream_format(stream.id, stream.model, stream.created, include_usage=req.include_usage)
     resp, status = await write_stream(
         request, stream, fmt, headers, keepalive_s=service.config.listen.heartbeat_seconds
     )
     service.count(FACE, stream.decision, status)
     service.metrics.duration.observe(time.perf_counter() - started)
     return resp
-
-
-def _encode(enc: wire.StreamEncoder, batch: list[Chunk], include_usage: bool) -> bytes:
-    out = []
-    for chunk in batch:
-        if chunk.content or chunk.reasoning or chunk.tool_calls or chunk.finish_reason:
-            out.append(enc.chunk(chunk))
-        if chunk.usage is not None and include_usage:
-            out.append(enc.usage(chunk.usage))
-    return b"".join(out)
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -17,9 +17,9 @@ from aiohttp import web
 from structlog.contextvars import bind_contextvars
 
 from gateway.auth import credential
-from gateway.chat import ChatRequest, Chunk
+from gateway.chat import ChatRequest
 from gateway.errors import BadRequest, TandemError
-from gateway.http_io import StreamFormat, json_response, read_body, write_stream
+from gateway.http_io import json_response, openai_stream_format, read_body, write_stream
 from gateway.logs import bind_request, get_logger
 from gateway.metrics import CONTENT_TYPE
 from gateway.service import ActiveStream, GatewayService, new_request_id
@@ -87,31 +87,13 @@ async def _relay_stream(
     headers: dict[str, str],
     started: float,
 ) -> web.StreamResponse:
-    enc = wire.StreamEncoder(stream.id, stream.model, stream.created)
-    fmt = StreamFormat(
-        content_type="text/event-stream",
-        opening=enc.role(),
-        batch=lambda batch: _encode(enc, batch, req.include_usage),
-        closing=lambda: wire.DONE,
-        error=wire.error_event,
-        keepalive=wire.HEARTBEAT,
-    )
+    fmt = openai_stream_format(stream.id, stream.model, stream.created, include_usage=req.include_usage)
     resp, status = await write_stream(
         request, stream, fmt, headers, keepalive_s=service.config.http.sse_heartbeat_seconds
     )
     _count(service, stream.decision.header(), status)
     service.metrics.duration.observe(time.perf_counter() - started)
     return resp
-
-
-def _encode(enc: wire.StreamEncoder, batch: list[Chunk], include_usage: bool) -> bytes:
-    out = []
-    for chunk in batch:
-        if chunk.content or chunk.reasoning or chunk.tool_calls or chunk.finish_reason:
-            out.append(enc.chunk(chunk))
-        if chunk.usage is not None and include_usage:
-            out.append(enc.usage(chunk.usage))
-    return b"".join(out)
 
 
 def _count(service: GatewayService, route: str, status: str) -> None:

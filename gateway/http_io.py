@@ -22,6 +22,7 @@ from aiohttp import web
 from gateway.chat import Chunk, RouteDecision
 from gateway.errors import PayloadTooLarge, TandemError
 from gateway.logs import get_logger
+from gateway.wire import openai as openai_wire
 
 log = get_logger("tandem.http")
 
@@ -40,6 +41,19 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         if len(body) > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
     return bytes(body)
+
+
+def openai_stream_format(stream_id: str, model: str, created: int, *, include_usage: bool) -> StreamFormat:
+    """The OpenAI faces' SSE rendering (the gateway's and the edge agent's are the same)."""
+    enc = openai_wire.StreamEncoder(stream_id, model, created)
+    return StreamFormat(
+        content_type="text/event-stream",
+        opening=enc.role(),
+        batch=lambda batch: enc.batch(batch, include_usage=include_usage),
+        closing=lambda: openai_wire.DONE,
+        error=openai_wire.error_event,
+        keepalive=openai_wire.HEARTBEAT,
+    )
 
 
 class _StreamResponse(web.StreamResponse):

@@ -418,6 +418,17 @@ class StreamEncoder:
     def usage(self, u: Usage) -> bytes:
         return b"data: " + orjson.dumps({**self._head, "choices": [], "usage": usage_body(u)}) + b"\n\n"
 
+    def batch(self, chunks: list[Chunk], *, include_usage: bool) -> bytes:
+        """The events of a batch of chunks; usage only when the caller asked for it
+        (`stream_options.include_usage`)."""
+        out = []
+        for c in chunks:
+            if c.content or c.reasoning or c.tool_calls or c.finish_reason:
+                out.append(self.chunk(c))
+            if c.usage is not None and include_usage:
+                out.append(self.usage(c.usage))
+        return b"".join(out)
+
     def _event(self, choices: list[dict[str, Any]]) -> bytes:
         return b"data: " + orjson.dumps({**self._head, "choices": choices}) + b"\n\n"
 
