@@ -237,10 +237,18 @@ class GatewayService:
 
     # --- running -----------------------------------------------------------------------------
 
-    async def _attempts(
+    def _attempts(
+        self, decision: RouteDecision, admission: Admission
+    ) -> contextlib.aclosing[AsyncGenerator[Upstream, None]]:
+        """Endpoints to try in order (`async with ... as attempts: async for upstream in attempts`).
+        Closed on leaving the block: an abandoned async generator would be finalized through a
+        thread-safe wake-up of the loop (a syscall and an extra loop turn per request)."""
+        return contextlib.aclosing(self._endpoints(decision, admission))
+
+    async def _endpoints(
         self, decision: RouteDecision, admission: Admission
     ) -> AsyncGenerator[Upstream, None]:
-        """Endpoints to try in order: retries within the pool, then each fallback pool."""
+        """Retries within the pool, then each fallback pool."""
         retries = self.config.router.num_retries
         pools = [decision.pool, *self.balancer.fallbacks(decision.pool)]
         for pool in pools:
@@ -296,9 +304,7 @@ class GatewayService:
         timeout = self.config.router.timeout_seconds
         try:
             admission.grant = await self.limits.acquire(tenant, decision.estimated_tokens)
-            # Closed explicitly: an abandoned async generator is finalized through a thread-safe
-            # wake-up of the loop (a syscall and an extra loop turn per request).
-            async with contextlib.aclosing(self._attempts(decision, admission)) as attempts:
+            async with self._attempts(decision, admission) as attempts:
                 async for upstream in attempts:
                     started = time.perf_counter()
                     try:
@@ -342,9 +348,7 @@ class GatewayService:
         router = self.config.router
         try:
             admission.grant = await self.limits.acquire(tenant, decision.estimated_tokens)
-            # Closed explicitly: an abandoned async generator is finalized through a thread-safe
-            # wake-up of the loop (a syscall and an extra loop turn per request).
-            async with contextlib.aclosing(self._attempts(decision, admission)) as attempts:
+            async with self._attempts(decision, admission) as attempts:
                 async for upstream in attempts:
                     started = time.perf_counter()
                     try:
