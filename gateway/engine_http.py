@@ -7,12 +7,14 @@ side with `python -m bench.client_cost`: the request is written in one send from
 encoded once per upstream, the response is parsed by `httptools` (the llhttp parser uvicorn
 uses) straight from `data_received`, and the body is handed over as it arrives.
 
-What it does, and no more: `GET`/`POST` with a body in one piece; responses of any length,
-`Content-Length` or chunked, read whole or as they arrive (`readany`); kept-alive
-connections per origin, reused last-in first-out, closed after `keepalive_s` idle; a request
-on a reused connection the server had just closed is sent once more on a new one (nothing
-was received, so nothing ran twice); a reader that falls behind pauses the socket (no
-unbounded buffer); TLS when the URL says `https`. Timeouts: `connect_s` to connect,
+What it does, and no more: `GET`/`POST` with a body in one piece; responses of any length
+(`Content-Length`, chunked, or up to the connection's close), read whole or as they arrive
+(`readany`); kept-alive connections per origin, reused last-in first-out, closed after
+`keepalive_s` idle; a request that meets a kept connection the engine closed while it was idle
+(lost within a round trip, before any byte of an answer) is sent once more on a new connection,
+and never otherwise, so nothing the engine may have taken runs twice; a reader that falls
+behind pauses the socket (no unbounded buffer); an exchange abandoned half-way is aborted, not
+drained; TLS when the URL says `https`. Timeouts: `connect_s` to connect,
 `read_s` between two reads (the first-token deadline for a stream), `total_s` for the whole
 exchange. Every failure to reach or hear from the engine is an `EngineUnreachable`; a timeout
 is a `TimeoutError`.
@@ -52,6 +54,9 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self._parser = httptools.HttpResponseParser(self)
         self._idle: asyncio.TimerHandle | None = None
+        self.received = False  # any byte of the current exchange's answer
+        self.lost_at: float | None = None  # loop time the connection went, if it did
+        self.sent_at = 0.0
 
     # -- asyncio.Protocol
 
@@ -62,6 +67,7 @@ class _Connection(asyncio.Protocol):
         if self.response is None:  # nothing asked: a server talking out of turn
             self.close()
             return
+        self.received = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -71,10 +77,18 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.lost_at = asyncio.get_running_loop().time()
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         self._client._forget(self)
-        if self.response is not None and not self.response.complete:
+        r = self.response
+        if r is not None and not r.complete:
+            if exc is None and r.status and _ends_at_close(r.headers):
+                r._complete(False)  # a body without a length ends where the connection does
+                return
             why = f": {exc}" if exc else ""
-            self.response._fail(EngineUnreachable(f"the engine closed the connection{why}"))
+            r._fail(EngineUnreachable(f"the engine closed the connection{why}"))
 
     def pause_writing(self) -> None:  # requests are small; nothing to hold back
         pass
@@ -107,6 +121,8 @@ class _Connection(asyncio.Protocol):
             self._idle.cancel()
             self._idle = None
         self.response = response
+        self.received = False
+        self.sent_at = asyncio.get_running_loop().time()
         assert self.transport is not None
         self.transport.write(data)
 
@@ -124,7 +140,14 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             self._client._forget(self)
             if self.transport is not None:
-                self.transport.close()
+                # An exchange left half-way (a timeout, a caller gone) is aborted: a graceful close
+                # would first send whatever request bytes are still buffered, and the engine
+                # would not learn of it until then.
+                r = self.response
+                if self.transport.get_write_buffer_size() or (r is not None and not r.complete):
+                    self.transport.abort()
+                else:
+                    self.transport.close()
 
     def _fail(self, exc: Exception) -> None:
         if self.response is not None:
@@ -293,7 +316,7 @@ class EngineClient:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + total_s if total_s is not None else None
         for attempt in range(2):
-            conn, reused = await self._connection(target.origin, deadline)
+            conn, reused = await self._connection(target.origin, deadline, reuse=attempt == 0)
             resp = Response(conn, read_s=read_s)
             if deadline is not None and total_s is not None:
                 resp._deadline = loop.call_at(deadline, resp._expire, total_s)
@@ -303,10 +326,8 @@ class EngineClient:
                 return resp
             except EngineUnreachable:
                 resp.close()
-                # A kept-alive connection the server closed as we wrote: nothing was received,
-                # so nothing ran; once more on a new connection.
-                if reused and attempt == 0 and not resp._chunks:
-                    continue
+                if reused and attempt == 0 and _closed_while_idle(conn):
+                    continue  # once more, on a new connection
                 raise
             except BaseException:
                 resp.close()
@@ -314,9 +335,9 @@ class EngineClient:
         raise AssertionError("unreachable")
 
     async def _connection(
-        self, origin: tuple[str, str, int], deadline: float | None
+        self, origin: tuple[str, str, int], deadline: float | None, *, reuse: bool = True
     ) -> tuple[_Connection, bool]:
-        idle = self._pool.get(origin)
+        idle = self._pool.get(origin) if reuse else None
         while idle:
             conn = idle.pop()
             if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
@@ -325,7 +346,9 @@ class EngineClient:
         loop = asyncio.get_running_loop()
         timeout = self.connect_s
         if deadline is not None:
-            timeout = min(timeout, max(0.0, deadline - loop.time()))
+            if deadline <= loop.time():
+                raise TimeoutError("the whole exchange's time ran out before connecting")
+            timeout = min(timeout, deadline - loop.time())
         try:
             async with asyncio.timeout(timeout):
                 _, conn = await loop.create_connection(
@@ -365,6 +388,21 @@ class EngineClient:
         await asyncio.sleep(0)  # let the transports finish closing
 
 
+# A kept-alive connection the engine closed as the request went out (its idle timeout) shows
+# within a round trip. A loss later than this, or after any byte of an answer, may follow a
+# request the engine took: that is never sent again here (the caller decides, knowing more).
+_RACE_S = 0.25
+
+
+def _closed_while_idle(conn: _Connection) -> bool:
+    return not conn.received and conn.lost_at is not None and conn.lost_at - conn.sent_at < _RACE_S
+
+
+def _ends_at_close(headers: Mapping[str, str]) -> bool:
+    """An answer with neither a length nor chunks: its body runs until the connection closes."""
+    return "content-length" not in headers and "chunked" not in headers.get("transfer-encoding", "").lower()
+
+
 def _time_out(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
@@ -379,7 +417,8 @@ def _parse_target(url: str) -> _Target:
     port = parsed.port or (443 if scheme == "https" else 80)
     path = (parsed.path or b"/").decode() + (f"?{parsed.query.decode()}" if parsed.query else "")
     default = (scheme == "http" and port == 80) or (scheme == "https" and port == 443)
-    host_header = host if default else f"{host}:{port}"
+    named = f"[{host}]" if ":" in host else host  # an IPv6 literal is bracketed in the Host header
+    host_header = named if default else f"{named}:{port}"
     return _Target((scheme, host, port), path, host_header.encode())
 
 

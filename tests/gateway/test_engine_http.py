@@ -11,6 +11,7 @@ import ssl
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -226,6 +227,126 @@ async def test_a_fresh_connection_that_breaks_is_not_retried(
     with pytest.raises(EngineUnreachable, match="closed the connection"):
         await client.request("POST", target, b"{}")
     assert connections == 1
+
+
+async def test_every_stale_kept_connection_is_skipped_for_a_new_one(
+    client: EngineClient, raw_server: RawServer
+) -> None:
+    release = asyncio.Event()
+    connections = 0
+
+    async def one_answer_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        await release.wait()  # both first requests in flight at once: two kept connections
+        writer.write(OK)
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    target = await raw_server(one_answer_per_connection)
+
+    async def get() -> bytes:
+        resp = await client.request("GET", target)
+        try:
+            return await resp.read()
+        finally:
+            resp.release()
+
+    first = asyncio.gather(get(), get())
+    await asyncio.sleep(0.1)
+    release.set()
+    assert await first == [b"ok", b"ok"]
+    assert await get() == b"ok"  # the retry takes a new connection, not the other stale one
+    assert connections == 3
+
+
+async def test_a_request_the_engine_may_have_taken_is_not_sent_again(
+    client: EngineClient, raw_server: RawServer
+) -> None:
+    posts = 0
+
+    async def answer_then_take_and_drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal posts
+        await reader.readuntil(b"\r\n\r\n")
+        posts += 1
+        writer.write(OK)
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")
+        posts += 1
+        await asyncio.sleep(0.6)  # working on it, then gone (a crash, a reset by a proxy)
+        writer.transport.abort()
+
+    target = await raw_server(answer_then_take_and_drop)
+    resp = await client.request("POST", target, b"{}")
+    await resp.read()
+    resp.release()
+    with pytest.raises(EngineUnreachable, match="closed the connection"):
+        await client.request("POST", target, b"{}")
+    assert posts == 2
+
+
+async def test_an_answer_that_is_not_http_is_not_sent_again(
+    client: EngineClient, raw_server: RawServer
+) -> None:
+    posts = 0
+
+    async def then_garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal posts
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            posts += 1
+            writer.write(OK if posts == 1 else b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n")
+            await writer.drain()
+
+    target = await raw_server(then_garbage)
+    resp = await client.request("POST", target, b"{}")
+    await resp.read()
+    resp.release()
+    with pytest.raises(EngineUnreachable, match="not valid HTTP"):
+        await client.request("POST", target, b"{}")
+    assert posts == 2
+
+
+async def test_a_body_that_ends_with_the_connection_is_read_whole(
+    client: EngineClient, raw_server: RawServer
+) -> None:
+    async def until_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b'HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\r\n{"error":"busy"}')
+        await writer.drain()
+        writer.close()
+
+    target = await raw_server(until_close)
+    resp = await client.request("GET", target)
+    assert resp.status == 503
+    assert await resp.read() == b'{"error":"busy"}'
+    resp.release()
+
+
+async def test_an_abandoned_exchange_drops_what_it_had_not_sent(
+    client: EngineClient, raw_server: RawServer
+) -> None:
+    async def never_reads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)
+
+    target = await raw_server(never_reads)
+    conns: list[Any] = []
+    original = client._connection
+
+    async def spy(*args: Any, **kwargs: Any) -> Any:
+        conn, reused = await original(*args, **kwargs)
+        conns.append(conn)
+        return conn, reused
+
+    client._connection = spy  # type: ignore[method-assign]
+    with pytest.raises(TimeoutError):
+        await client.request("POST", target, b"x" * (32 * 1024 * 1024), read_s=0.3)
+    await asyncio.sleep(0.1)
+    transport = conns[0].transport
+    assert transport.is_closing()
+    assert transport.get_write_buffer_size() == 0  # not held until the engine reads 32 MiB
 
 
 async def test_connection_close_is_honoured(client: EngineClient, raw_server: RawServer) -> None:
