@@ -90,12 +90,6 @@ class _Connection(asyncio.Protocol):
             why = f": {exc}" if exc else ""
             r._fail(EngineUnreachable(f"the engine closed the connection{why}"))
 
-    def pause_writing(self) -> None:  # requests are small; nothing to hold back
-        pass
-
-    def resume_writing(self) -> None:
-        pass
-
     # -- httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:

@@ -45,9 +45,6 @@ class Relay:
     def __init__(self, *, connect_timeout: float) -> None:
         self._client = EngineClient(connect_s=connect_timeout)
 
-    async def start(self) -> None:
-        pass
-
     async def close(self) -> None:
         await self._client.close()
 

@@ -165,7 +165,6 @@ class GatewayService:
 
     async def start(self) -> None:
         await self.state.start()
-        await self.relay.start()
 
     async def close(self) -> None:
         await self.relay.close()

@@ -180,14 +180,7 @@ class OllamaSimulator(SimServer):
     def __init__(self, config: OllamaSimConfig | None = None) -> None:
         self.config = config or OllamaSimConfig()
         cfg = self.config
-        super().__init__(
-            host=cfg.host,
-            port=cfg.port,
-            seed=cfg.seed,
-            faults=cfg.faults,
-            max_recorded=cfg.max_recorded,
-            max_body_size=cfg.max_body_size,
-        )
+        super().__init__(cfg)
         self._text = TextGenerator(cfg.seed)
         self._count = TokenCounter()
         self._pace = Pace.of(cfg.time_to_first_token, cfg.tokens_per_second)

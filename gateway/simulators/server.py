@@ -15,7 +15,7 @@ import asyncio
 import collections
 import socket
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import orjson
 from aiohttp import web
@@ -29,26 +29,28 @@ def json_response(data: Any, status: int = 200, charset: str | None = None) -> w
     return web.Response(body=orjson.dumps(data), status=status, content_type=JSON_TYPE, charset=charset)
 
 
+class Listening(Protocol):
+    """What every simulator's configuration says about its server (both have these fields)."""
+
+    host: str
+    port: int
+    seed: int
+    faults: Faults
+    max_recorded: int
+    max_body_size: int
+
+
 class SimServer:
     """Base of the engine simulators: subclasses add their routes and error shapes."""
 
-    def __init__(
-        self,
-        *,
-        host: str,
-        port: int,
-        seed: int,
-        faults: Faults,
-        max_recorded: int,
-        max_body_size: int,
-    ) -> None:
-        self._host = host
-        self._port = port
-        self._seed = seed
-        self._initial_faults = faults
-        self._injector = FaultInjector(faults, seed)
-        self._requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=max_recorded)
-        self._max_body_size = max_body_size
+    def __init__(self, config: Listening) -> None:
+        self._host = config.host
+        self._port = config.port
+        self._seed = config.seed
+        self._initial_faults = config.faults
+        self._injector = FaultInjector(config.faults, config.seed)
+        self._requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=config.max_recorded)
+        self._max_body_size = config.max_body_size
         self._app_runner: web.AppRunner | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
         self._hangs: set[asyncio.Future[None]] = set()

@@ -148,14 +148,7 @@ class VllmSimulator(SimServer):
     def __init__(self, config: VllmSimConfig | None = None) -> None:
         self.config = config or VllmSimConfig()
         cfg = self.config
-        super().__init__(
-            host=cfg.host,
-            port=cfg.port,
-            seed=cfg.seed,
-            faults=cfg.faults,
-            max_recorded=cfg.max_recorded,
-            max_body_size=cfg.max_body_size,
-        )
+        super().__init__(cfg)
         self._models = {m.name: m for m in cfg.model_specs()}
         self._default_model = next(iter(self._models.values()))
         self._text = TextGenerator(cfg.seed)
