@@ -19,9 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.chat import ChatRequest, Message
-from gateway.routing import EdgeView, route
-from gateway.routing.estimate import exact_prompt_tokens
+from tandem.chat import ChatRequest, Message
+from tandem.routing import EdgeView, route
+from tandem.routing.estimate import exact_prompt_tokens
 
 SYSTEM = "You are the maintenance assistant for a gearbox plant. Answer precisely and briefly."
 SUMMARY = "Summarize these shift notes in three bullets for the morning meeting, no commentary."

@@ -41,7 +41,7 @@ from gateway.state.tenants import RedisTenants
 Cycle = Callable[[], Awaitable[None]]
 TENANT = Tenant("bench", rpm=10**9, tpm=10**12, streams=10**6)  # checked, never reached
 ROOT = Path(__file__).resolve().parents[1]
-TANDEM = [sys.executable, "-c", "from gateway.cli import main; main()"]
+TANDEM = [sys.executable, "-c", "from cli.main import main; main()"]
 
 
 async def cpu_us(cycle: Cycle, iterations: int, rounds: int, per_cycle: int = 1) -> float:

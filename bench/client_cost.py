@@ -1,5 +1,5 @@
 """What one engine call costs the caller's process: aiohttp's client against the gateway's
-`EngineClient` (`gateway/engine_http.py`), both on one kept-alive connection to the vLLM
+`EngineClient` (`tandem/transport.py`), both on one kept-alive connection to the vLLM
 simulator (its own process), one request at a time.
 
     python -m bench.client_cost [--requests 3000] [--rounds 3] [--json]
@@ -24,7 +24,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from gateway.engine_http import EngineClient
+from tandem.transport import EngineClient
 
 TANDEM = Path(sys.executable).with_name("tandem")
 LISTENING = re.compile(rb"listening on (http://\S+)")

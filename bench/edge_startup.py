@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TANDEM = [sys.executable, "-c", "from gateway.cli import main; main()"]
+TANDEM = [sys.executable, "-c", "from cli.main import main; main()"]
 
 
 def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import grpc
 
 from bench.loadgen import LoadResult
-from proto.tandem.v1 import gateway_pb2 as pb
-from proto.tandem.v1 import gateway_pb2_grpc as pb_grpc
+from tandem.v1 import gateway_pb2 as pb
+from tandem.v1 import gateway_pb2_grpc as pb_grpc
 
 PROMPT = "Say hello to the line-3 team."
 

@@ -31,4 +31,4 @@ fi
 # Bytecode is compiled at install, as a packaged install would: start-up time (the edge agent's
 # budget is 1 s) must not depend on whether PYTHONDONTWRITEBYTECODE is set where it runs.
 uv sync --frozen --quiet --compile-bytecode
-.venv/bin/python -m compileall -q -j 0 gateway edge_agent registry proto >/dev/null
+.venv/bin/python -m compileall -q -j 0 tandem gateway edge_agent registry simulators cli >/dev/null

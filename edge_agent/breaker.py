@@ -24,7 +24,7 @@ import asyncio
 import enum
 from collections.abc import Awaitable, Callable
 
-from gateway.logs import get_logger
+from tandem.logs import get_logger
 
 log = get_logger("tandem.edge.breaker")
 

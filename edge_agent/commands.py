@@ -9,9 +9,9 @@ from pathlib import Path
 import click
 
 from edge_agent import config as edge_config
-from gateway import logs
-from gateway.commands import run_loop
-from gateway.errors import ConfigError
+from tandem import logs
+from tandem.errors import ConfigError
+from tandem.eventloop import run_loop
 
 
 @click.group()

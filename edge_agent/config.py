@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gateway.configfile import Section, load_config
+from tandem.configfile import Section, load_config
 
 
 class Listen(Section):

@@ -22,11 +22,11 @@ from typing import Any
 import orjson
 
 from edge_agent.config import Ollama as OllamaConfig
-from gateway.chat import Chunk
-from gateway.engine_http import EngineClient, EngineUnreachable, Response
-from gateway.errors import BadRequest, PayloadTooLarge, UpstreamFailed
-from gateway.logs import get_logger
-from gateway.wire import ollama as wire
+from tandem.chat import Chunk
+from tandem.errors import BadRequest, PayloadTooLarge, UpstreamFailed
+from tandem.logs import get_logger
+from tandem.transport import EngineClient, EngineUnreachable, Response
+from tandem.wire import ollama as wire
 
 log = get_logger("tandem.edge.local")
 

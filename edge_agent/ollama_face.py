@@ -4,7 +4,7 @@ streams by default, `think`), `GET /api/tags`, `GET /api/version` and `GET /`, o
 
 Every answer carries the `x-tandem-route` header, and its final object (`done: true`) the same
 value in a `tandem_route` field, which Ollama's clients ignore. Errors are Ollama's
-`{"error": "..."}` bodies with the statuses of `gateway.wire.ollama`.
+`{"error": "..."}` bodies with the statuses of `tandem.wire.ollama`.
 """
 
 from __future__ import annotations
@@ -14,15 +14,14 @@ import time
 import orjson
 from aiohttp import web
 
-from edge_agent.http_io import SERVICE_KEY, StreamFormat, json_response, read_body, write_stream
-from edge_agent.service import EdgeService, EdgeStream
-from gateway.chat import Chunk, Usage
-from gateway.cli import tandem_version
-from gateway.errors import TandemError
-from gateway.logs import bind_request, get_logger
-from gateway.service import new_request_id
-from gateway.wire import ollama as wire
-from gateway.wire.openai import MODE_HEADER, ROUTE_HEADER
+from edge_agent.service import SERVICE_KEY, EdgeService, EdgeStream
+from tandem.chat import Chunk, Usage
+from tandem.errors import TandemError
+from tandem.http_io import StreamFormat, json_response, read_body, write_stream
+from tandem.logs import bind_request, get_logger, new_request_id
+from tandem.version import tandem_version
+from tandem.wire import ollama as wire
+from tandem.wire.openai import MODE_HEADER, ROUTE_HEADER
 
 log = get_logger("tandem.edge.ollama")
 

@@ -3,7 +3,7 @@
 `http://127.0.0.1:11435/v1`.
 
 Every answer carries `x-tandem-route`; errors are OpenAI error bodies with the statuses of
-`gateway.wire.openai` (the same the gateway gives).
+`tandem.wire.openai` (the same the gateway gives).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import time
 import orjson
 from aiohttp import web
 
-from edge_agent.http_io import SERVICE_KEY, json_response, openai_stream_format, read_body, write_stream
-from gateway.errors import TandemError
-from gateway.logs import bind_request, get_logger
-from gateway.service import new_request_id
-from gateway.wire import openai as wire
+from edge_agent.service import SERVICE_KEY
+from tandem.errors import TandemError
+from tandem.http_io import json_response, openai_stream_format, read_body, write_stream
+from tandem.logs import bind_request, get_logger, new_request_id
+from tandem.wire import openai as wire
 
 log = get_logger("tandem.edge.openai")
 

@@ -1,6 +1,6 @@
 """Local, forward, degrade or reject: what the edge does with one request.
 
-The route decision itself is the gateway's shared rule (`gateway.routing.decide.route`, with
+The route decision itself is the gateway's shared rule (`tandem.routing.decide.route`, with
 an `EdgeView` of this box): thinking goes up, and so does non-thinking work for a model the box
 lacks, too long for the local context, or beyond the local queue. This module adds what only
 the edge has to decide, from a snapshot of its parts (`Situation`):
@@ -23,9 +23,9 @@ from collections.abc import Mapping, Set
 from dataclasses import dataclass, replace
 
 from edge_agent.config import Policy
-from gateway.chat import ChatRequest, Mode, RouteDecision, Target
-from gateway.errors import TandemError, UpstreamUnavailable
-from gateway.routing.decide import EdgeView, route
+from tandem.chat import ChatRequest, Mode, RouteDecision, Target
+from tandem.errors import TandemError, UpstreamUnavailable
+from tandem.routing.decide import EdgeView, route
 
 LOCAL_UNAVAILABLE = "local_unavailable"
 DEGRADED = "degraded"

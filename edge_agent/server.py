@@ -21,14 +21,14 @@ from aiohttp import web
 
 from edge_agent import ollama_face, openai_face, vitals
 from edge_agent.config import EdgeConfig
-from edge_agent.http_io import SERVICE_KEY, json_response
-from edge_agent.service import EdgeService
-from gateway.errors import BadRequest, TandemError
-from gateway.logs import get_logger
-from gateway.metrics import CONTENT_TYPE
-from gateway.wire import ollama as ollama_wire
-from gateway.wire import openai as openai_wire
-from proto.tandem.v1 import gateway_pb2 as pb
+from edge_agent.service import SERVICE_KEY, EdgeService
+from tandem.errors import BadRequest, TandemError
+from tandem.http_io import json_response
+from tandem.logs import get_logger
+from tandem.metrics import CONTENT_TYPE
+from tandem.v1 import gateway_pb2 as pb
+from tandem.wire import ollama as ollama_wire
+from tandem.wire import openai as openai_wire
 
 if TYPE_CHECKING:
     from edge_agent.model_sync import ModelSync

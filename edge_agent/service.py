@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field, replace
 
+from aiohttp import web
 from prometheus_client import Gauge
 
 from edge_agent import policy
@@ -31,14 +32,13 @@ from edge_agent.config import EdgeConfig
 from edge_agent.local_engine import LocalEngine, LocalRefused, LocalUnavailable
 from edge_agent.policy import Action, Plan, Situation
 from edge_agent.uplink import Uplink, UplinkDown
-from gateway.chat import ChatRequest, ChatResult, Chunk, RouteDecision, ToolCall, Usage
-from gateway.cli import tandem_version
-from gateway.errors import TandemError, UpstreamUnavailable
-from gateway.logs import get_logger
-from gateway.metrics import Metrics
-from gateway.service import new_request_id
-from gateway.wire import ollama as ollama_wire
-from proto.tandem.v1 import gateway_pb2 as pb
+from tandem.chat import ChatRequest, ChatResult, Chunk, RouteDecision, ToolCall, Usage
+from tandem.errors import TandemError, UpstreamUnavailable
+from tandem.logs import get_logger, new_request_id
+from tandem.metrics import Metrics
+from tandem.v1 import gateway_pb2 as pb
+from tandem.version import tandem_version
+from tandem.wire import ollama as ollama_wire
 
 log = get_logger("tandem.edge")
 
@@ -393,3 +393,7 @@ class EdgeService:
                     for listener in self.heartbeat_listeners:
                         listener(reply)
             await asyncio.sleep(interval)
+
+
+# Where the edge app keeps its service, for the faces' handlers.
+SERVICE_KEY = web.AppKey("edge_service", EdgeService)

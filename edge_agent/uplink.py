@@ -23,11 +23,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edge_agent.breaker import CircuitBreaker
 from edge_agent.config import Uplink as UplinkConfig
-from gateway.chat import ChatRequest, Chunk, RouteDecision
-from gateway.errors import ModelNotFound, TandemError, UpstreamFailed
-from gateway.wire import protobuf as wire
-from proto.tandem.v1 import gateway_pb2 as pb
-from proto.tandem.v1 import gateway_pb2_grpc as pb_grpc
+from tandem.chat import ChatRequest, Chunk, RouteDecision
+from tandem.errors import ModelNotFound, TandemError, UpstreamFailed
+from tandem.v1 import gateway_pb2 as pb
+from tandem.v1 import gateway_pb2_grpc as pb_grpc
+from tandem.wire import protobuf as wire
 
 SERVICE_NAME = "tandem.v1.Gateway"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024

@@ -18,9 +18,9 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from gateway.errors import Unauthenticated, UpstreamUnavailable
 from gateway.state.redis_conn import StateUnavailable
 from gateway.state.tenants import Tenant, TenantStore, key_digest, well_formed
+from tandem.errors import Unauthenticated, UpstreamUnavailable
 
 MISSING = "missing API key: send it as 'Authorization: Bearer <key>'"
 INVALID = "invalid API key"

@@ -25,23 +25,15 @@ import click
 import orjson
 
 from gateway import config as gateway_config
-from gateway import logs
-from gateway.errors import ConfigError
+from tandem import logs
+from tandem.errors import ConfigError
+from tandem.eventloop import run_loop
 
 if TYPE_CHECKING:
     from gateway.state import RedisState, Tenant
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def run_loop(main: object) -> int:
-    """Runs a coroutine on uvloop when available (faster I/O), else asyncio's loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)  # type: ignore[arg-type]
-    return uvloop.run(main)  # type: ignore[arg-type]
 
 
 @click.group()

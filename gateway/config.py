@@ -21,8 +21,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gateway.configfile import Section, load_config
-from gateway.errors import ConfigError
+from tandem.configfile import Section, load_config
+from tandem.errors import ConfigError
 
 
 class Listen(Section):

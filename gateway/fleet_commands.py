@@ -8,7 +8,7 @@ Both read and change the gateway's shared state (Redis): a rollout sets the grou
 version, which every gateway replica hands to the group's edges in their next heartbeat reply;
 the edges' model sync pulls and switches. `rollout` and `rollback` belong to `tandem model`,
 which the registry package owns and which never imports the gateway, so the root command adds
-them to that group when it loads it (`gateway.cli.EXTENSIONS`). This module imports nothing
+them to that group when it loads it (`cli.main.EXTENSIONS`). This module imports nothing
 heavy: `tandem model push` loads it too.
 """
 

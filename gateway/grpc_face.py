@@ -22,16 +22,16 @@ from structlog.contextvars import bind_contextvars
 
 from gateway import fleet
 from gateway.auth import credential
-from gateway.chat import Chunk, Usage
 from gateway.config import TLS
-from gateway.errors import BadRequest, TandemError
 from gateway.fleet import EdgeStatus, FleetStore, ServedModel
-from gateway.logs import bind_request, get_logger
-from gateway.service import GatewayService, new_request_id
+from gateway.service import GatewayService
 from gateway.state import Tenant
-from gateway.wire import protobuf as wire
-from proto.tandem.v1 import gateway_pb2 as pb
-from proto.tandem.v1 import gateway_pb2_grpc as pb_grpc
+from tandem.chat import Chunk, Usage
+from tandem.errors import BadRequest, TandemError
+from tandem.logs import bind_request, get_logger, new_request_id
+from tandem.v1 import gateway_pb2 as pb
+from tandem.v1 import gateway_pb2_grpc as pb_grpc
+from tandem.wire import protobuf as wire
 
 log = get_logger("tandem.gateway.grpc")
 

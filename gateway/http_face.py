@@ -2,7 +2,7 @@
 
 `POST /v1/chat/completions` (stream and not), `GET /v1/models`, `/healthz`, `/readyz`,
 `/metrics`. Every answer carries `x-tandem-route`; errors are OpenAI error bodies with the
-status from `gateway.wire.openai.error_status`. The API routes authenticate the caller
+status from `tandem.wire.openai.error_status`. The API routes authenticate the caller
 (`Authorization: Bearer <key>`, or `x-api-key`) before reading the body.
 """
 
@@ -17,14 +17,14 @@ from aiohttp import web
 from structlog.contextvars import bind_contextvars
 
 from gateway.auth import credential
-from gateway.chat import ChatRequest
-from gateway.errors import BadRequest, TandemError
-from gateway.http_io import json_response, openai_stream_format, read_body, write_stream
-from gateway.logs import bind_request, get_logger
-from gateway.metrics import CONTENT_TYPE
-from gateway.service import ActiveStream, GatewayService, new_request_id
+from gateway.service import ActiveStream, GatewayService
 from gateway.state import Tenant
-from gateway.wire import openai as wire
+from tandem.chat import ChatRequest
+from tandem.errors import BadRequest, TandemError
+from tandem.http_io import json_response, openai_stream_format, read_body, write_stream
+from tandem.logs import bind_request, get_logger, new_request_id
+from tandem.metrics import CONTENT_TYPE
+from tandem.wire import openai as wire
 
 log = get_logger("tandem.gateway.http")
 

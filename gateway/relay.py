@@ -1,6 +1,6 @@
 """Talking to one vLLM endpoint: send a chat request, read its answer or its SSE stream.
 
-One `EngineClient` per process (kept-alive HTTP/1.1, `gateway/engine_http.py`), one POST per
+One `EngineClient` per process (kept-alive HTTP/1.1, `tandem/transport.py`), one POST per
 attempt. Stream events are parsed with orjson
 into `Chunk`s as they arrive; a burst of events read in one wake-up is parsed in one pass, and
 nothing is held back waiting for more. Whether to retry a failed attempt elsewhere is the
@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
-from gateway.chat import Chunk, ToolCall, Usage
-from gateway.engine_http import EngineClient, EngineUnreachable, Response
 from gateway.pool import Upstream
+from tandem.chat import Chunk, ToolCall, Usage
+from tandem.transport import EngineClient, EngineUnreachable, Response
 
 
 class AttemptFailed(Exception):

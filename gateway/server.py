@@ -20,9 +20,9 @@ from gateway.config import GatewayConfig
 from gateway.fleet import FleetStore
 from gateway.grpc_face import bind, build_server
 from gateway.http_face import build_app
-from gateway.logs import get_logger
 from gateway.pool import Balancer
 from gateway.service import GatewayService
+from tandem.logs import get_logger
 
 log = get_logger("tandem.gateway")
 

@@ -3,7 +3,7 @@
 `GatewayService` is built once at start-up from the configuration and shared by the gRPC and
 HTTP faces, which only convert wire formats. For each request it:
 
-1. decides the route (mode, pool, token estimate) with the shared rules in `gateway/routing`;
+1. decides the route (mode, pool, token estimate) with the shared rules in `tandem/routing`;
 2. refuses what cannot work (unknown model, a model the tenant may not use, context too long,
    over the in-flight bound, over the tenant's limits);
 3. asks the balancer (litellm.Router) for an endpoint with free capacity and sends the request
@@ -22,16 +22,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
-import os
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gateway.chat import ChatRequest, ChatResult, Chunk, Mode, RouteDecision, Usage
 from gateway.config import GatewayConfig, Pool
-from gateway.errors import (
+from gateway.pool import Balancer, Upstream
+from gateway.relay import AttemptFailed, Relay, StreamBroken, first_batch, parse_completion, stream_chunks
+from tandem.chat import ChatRequest, ChatResult, Chunk, Mode, RouteDecision, Usage
+from tandem.errors import (
     BadRequest,
     ContextTooLong,
     ModelNotFound,
@@ -42,25 +42,15 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.logs import get_logger
-from gateway.metrics import Metrics
-from gateway.pool import Balancer, Upstream
-from gateway.relay import AttemptFailed, Relay, StreamBroken, first_batch, parse_completion, stream_chunks
-from gateway.routing.decide import route
-from gateway.wire import openai as wire
+from tandem.logs import get_logger, new_request_id
+from tandem.metrics import Metrics
+from tandem.routing.decide import route
+from tandem.wire import openai as wire
 
 if TYPE_CHECKING:
     from gateway.state import Grant, SharedState, Tenant
 
 log = get_logger("tandem.gateway")
-
-_ids = itertools.count()
-_PREFIX = os.urandom(4).hex()
-
-
-def new_request_id() -> str:
-    # Unique per process start and cheap: no uuid4 (os.urandom syscall) per request.
-    return f"{_PREFIX}{next(_ids):010x}"
 
 
 @dataclass(slots=True)

@@ -16,5 +16,5 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
 fi
 
 echo "== ruff"; ruff check . && ruff format --check .
-echo "== mypy"; mypy gateway edge_agent registry bench
+echo "== mypy"; mypy tandem gateway edge_agent registry simulators cli bench
 echo "== pytest"; pytest -q -p no:cacheprovider "$@"

@@ -41,10 +41,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gateway.errors import LimitExceeded, UpstreamUnavailable
-from gateway.logs import get_logger
 from gateway.state.redis_conn import Client, RedisState, Script, StateUnavailable
 from gateway.state.tenants import Tenant
+from tandem.errors import LimitExceeded, UpstreamUnavailable
+from tandem.logs import get_logger
 
 log = get_logger("tandem.gateway.limits")
 

@@ -30,8 +30,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from gateway.config import Redis as RedisConfig
-from gateway.logs import get_logger
-from gateway.metrics import Metrics
+from tandem.logs import get_logger
+from tandem.metrics import Metrics
 
 log = get_logger("tandem.gateway.state")
 

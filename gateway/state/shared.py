@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 from gateway.config import GatewayConfig, StaticTenant
 from gateway.fleet import FleetStore, MemoryFleet
-from gateway.metrics import Metrics
 from gateway.state.fleet_redis import RedisFleet
 from gateway.state.limits import RedisLimiter, TenantLimits
 from gateway.state.redis_conn import RedisState, StateHealth
 from gateway.state.tenants import MemoryTenants, RedisTenants, Tenant, TenantStore
+from tandem.metrics import Metrics
 
 
 @dataclass

@@ -30,12 +30,12 @@ from openai import AsyncOpenAI
 
 from edge_agent.config import EdgeConfig
 from edge_agent.server import EdgeServer
-from gateway.simulators import OllamaModel, OllamaSimConfig, OllamaSimulator
 from gateway.state.tenants import key_digest
+from simulators import OllamaModel, OllamaSimConfig, OllamaSimulator
 from tests.edge.wan import WanProxy
 
 ROOT = Path(__file__).resolve().parents[2]
-TANDEM = [sys.executable, "-c", "from gateway.cli import main; main()"]
+TANDEM = [sys.executable, "-c", "from cli.main import main; main()"]
 
 LOCAL = "qwen3:14b"  # the Ollama model on the box
 PLAIN = "llama3.2:3b"  # a local model that cannot think

@@ -17,7 +17,7 @@ from openai import AsyncOpenAI
 
 from edge_agent.breaker import State
 from edge_agent.server import EdgeServer
-from gateway.simulators import Faults, OllamaSimulator
+from simulators import Faults, OllamaSimulator
 from tests.edge.conftest import (
     CLOUD,
     LOCAL,

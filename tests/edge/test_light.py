@@ -14,7 +14,7 @@ import httpx
 import yaml
 
 from edge_agent.server import EdgeServer
-from gateway.simulators import OllamaSimulator
+from simulators import OllamaSimulator
 from tests.edge.conftest import LOCAL, ROOT, TANDEM, Process, edge_config, ollama_config
 from tests.edge.wan import WanProxy
 

@@ -1,4 +1,4 @@
-"""The Ollama wire format (`gateway/wire/ollama.py`): requests in, NDJSON out, bodies toward a
+"""The Ollama wire format (`tandem/wire/ollama.py`): requests in, NDJSON out, bodies toward a
 real Ollama, its stream lines read back, and errors."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway.chat import ChatResult, Chunk, Mode, RouteDecision, Target, ToolCall, Usage
-from gateway.errors import BadRequest, ModelNotFound, PayloadTooLarge, UpstreamUnavailable
-from gateway.wire import ollama as wire
+from tandem.chat import ChatResult, Chunk, Mode, RouteDecision, Target, ToolCall, Usage
+from tandem.errors import BadRequest, ModelNotFound, PayloadTooLarge, UpstreamUnavailable
+from tandem.wire import ollama as wire
 
 SETTINGS = wire.EngineSettings(keep_alive="30m", num_ctx=8192, sampling_defaults={"temperature": 0.7})
 

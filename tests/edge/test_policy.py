@@ -6,8 +6,8 @@ from typing import Any
 
 from edge_agent.config import Policy
 from edge_agent.policy import Action, Situation, plan
-from gateway.chat import ChatRequest, Message, Mode, Target
-from gateway.errors import UpstreamUnavailable
+from tandem.chat import ChatRequest, Message, Mode, Target
+from tandem.errors import UpstreamUnavailable
 
 MODELS = {"qwen3:14b": 4096, "llama3.2:3b": 4096}
 THINKERS = {"qwen3:14b"}

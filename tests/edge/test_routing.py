@@ -10,7 +10,7 @@ import ollama
 from openai import AsyncOpenAI
 
 from edge_agent.server import EdgeServer
-from gateway.simulators import OllamaSimulator
+from simulators import OllamaSimulator
 from tests.edge.conftest import (
     CLOUD,
     CLOUD_ONLY,

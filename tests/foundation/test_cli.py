@@ -7,7 +7,7 @@ import sys
 
 from click.testing import CliRunner
 
-from gateway.cli import SUBCOMMANDS, main
+from cli.main import SUBCOMMANDS, main
 
 
 def test_help_lists_every_subsystem() -> None:
@@ -24,7 +24,7 @@ def test_version_prints_the_package_version() -> None:
 
 def test_help_does_not_import_litellm() -> None:
     code = (
-        "import sys; from gateway.cli import main\n"
+        "import sys; from cli.main import main\n"
         "try: main(['--help'])\nexcept SystemExit: pass\n"
         "assert 'litellm' not in sys.modules"
     )

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import Field
 
-from gateway.configfile import Section, load_config
-from gateway.errors import ConfigError
+from tandem.configfile import Section, load_config
+from tandem.errors import ConfigError
 
 
 class Http(Section):

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import filecmp
+import importlib.util
 from pathlib import Path
 
-from proto.build import PROTOS, ROOT, generate
-from proto.tandem.v1 import gateway_pb2, gateway_pb2_grpc
+from tandem.v1 import gateway_pb2, gateway_pb2_grpc
+
+# proto/ holds the contract and its build script, not an importable package.
+_spec = importlib.util.spec_from_file_location(
+    "proto_build", Path(__file__).parents[2] / "proto" / "build.py"
+)
+assert _spec and _spec.loader
+build = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(build)
 
 
 def test_generated_code_is_current(tmp_path: Path) -> None:
-    generate(tmp_path)
-    for proto in PROTOS:
+    build.generate(tmp_path)
+    for proto in build.PROTOS:
         stem = proto.removesuffix(".proto")
         for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py"):
-            fresh, committed = tmp_path / f"{stem}{suffix}", ROOT / f"{stem}{suffix}"
+            fresh, committed = tmp_path / f"{stem}{suffix}", build.ROOT / f"{stem}{suffix}"
             assert filecmp.cmp(fresh, committed, shallow=False), (
-                f"{committed} is stale against {proto}: run `python -m proto.build`"
+                f"{committed} is stale against {proto}: run `python proto/build.py`"
             )
 
 
@@ -60,3 +68,9 @@ def test_request_carries_what_openai_and_ollama_requests_carry() -> None:
         "metadata",
     ):
         assert needed in fields
+
+
+def test_generated_code_imports_under_the_tandem_package() -> None:
+    # `proto` is also proto-plus's top-level module; the contract must not claim that name.
+    assert gateway_pb2.__name__ == "tandem.v1.gateway_pb2"
+    assert gateway_pb2.DESCRIPTOR.name == "tandem/v1/gateway.proto"

@@ -16,8 +16,8 @@ from openai import AsyncOpenAI
 
 from gateway.config import GatewayConfig
 from gateway.server import GatewayServer
-from gateway.simulators.vllm import VllmModel, VllmSimConfig, VllmSimulator
-from proto.tandem.v1 import gateway_pb2_grpc
+from simulators.vllm import VllmModel, VllmSimConfig, VllmSimulator
+from tandem.v1 import gateway_pb2_grpc
 
 SERVED = "Qwen/Qwen3-14B"
 CONTEXT = 4096

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 import yaml
 
-from gateway.simulators.vllm import VllmModel, VllmSimConfig, VllmSimulator
+from simulators.vllm import VllmModel, VllmSimConfig, VllmSimulator
 from tests.gateway.conftest import SERVED
 
 TANDEM = str(Path(sys.executable).with_name("tandem"))

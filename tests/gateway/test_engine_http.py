@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.engine_http import EngineClient, EngineUnreachable
+from tandem.transport import EngineClient, EngineUnreachable
 
 
 @pytest.fixture
@@ -397,7 +397,7 @@ async def test_an_engine_that_hangs_up_mid_answer_breaks_the_read(
 
 
 def test_a_header_with_a_line_break_is_refused() -> None:
-    from gateway.engine_http import _head, _parse_target
+    from tandem.transport import _head, _parse_target
 
     with pytest.raises(ValueError, match="line break"):
         _head("POST", _parse_target("http://h/"), {"Authorization": "Bearer k\r\nX-Evil: 1"})

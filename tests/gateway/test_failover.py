@@ -11,8 +11,8 @@ import pytest
 from openai import AsyncOpenAI
 
 from gateway.server import GatewayServer
-from gateway.simulators.faults import Faults
-from gateway.simulators.vllm import VllmSimulator
+from simulators.faults import Faults
+from simulators.vllm import VllmSimulator
 from tests.gateway.conftest import StartGateway
 
 PROMPT = [{"role": "user", "content": "Say hello. /no_think"}]

@@ -8,9 +8,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gateway.server import GatewayServer
-from gateway.simulators.vllm import VllmSimulator
-from proto.tandem.v1 import gateway_pb2 as pb
-from proto.tandem.v1 import gateway_pb2_grpc
+from simulators.vllm import VllmSimulator
+from tandem.v1 import gateway_pb2 as pb
+from tandem.v1 import gateway_pb2_grpc
 from tests.gateway.conftest import chat_requests
 
 

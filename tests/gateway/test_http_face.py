@@ -8,7 +8,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from gateway.server import GatewayServer
-from gateway.simulators.vllm import VllmSimulator
+from simulators.vllm import VllmSimulator
 from tests.gateway.conftest import chat_requests
 
 THINK_PROMPT = [{"role": "user", "content": "What is 2+2? /think"}]

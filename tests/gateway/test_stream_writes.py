@@ -14,10 +14,10 @@ from aiohttp.http_writer import StreamWriter
 from aiohttp.test_utils import TestServer
 from aiohttp.web_protocol import RequestHandler
 
-from gateway.chat import Chunk, Mode, RouteDecision, Target
-from gateway.errors import TandemError
-from gateway.http_io import StreamFormat, write_stream
 from gateway.relay import stream_chunks
+from tandem.chat import Chunk, Mode, RouteDecision, Target
+from tandem.errors import TandemError
+from tandem.http_io import StreamFormat, write_stream
 
 
 class _Response:

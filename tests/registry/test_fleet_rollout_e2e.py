@@ -14,8 +14,8 @@ from edge_agent.config import EdgeConfig
 from edge_agent.server import EdgeServer
 from gateway.config import GatewayConfig
 from gateway.server import GatewayServer
-from gateway.simulators.ollama import OllamaSimConfig, OllamaSimulator
 from registry.reference import Reference
+from simulators.ollama import OllamaSimConfig, OllamaSimulator
 from tests.registry.conftest import make_gguf
 from tests.registry.helpers import push, text_file
 

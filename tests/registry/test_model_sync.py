@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from edge_agent.model_sync import ModelSync, ModelSyncConfig, versioned_name
-from gateway.simulators.ollama import OllamaSimConfig, OllamaSimulator
 from registry.errors import RegistrationFailed, RegistryUnavailable
 from registry.reference import Reference
+from simulators.ollama import OllamaSimConfig, OllamaSimulator
 from tests.registry.conftest import free_port, make_gguf
 from tests.registry.helpers import push, text_file
 

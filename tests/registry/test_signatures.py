@@ -14,7 +14,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import ValidationError
 
 from edge_agent.model_sync import ModelSync, ModelSyncConfig
-from gateway.simulators.ollama import OllamaSimConfig, OllamaSimulator
 from registry.auth import Credentials
 from registry.cli import model
 from registry.errors import SignatureRejected
@@ -22,6 +21,7 @@ from registry.push import ModelFiles, PushResult, RemoteRepository, push_model
 from registry.reference import Reference
 from registry.signature import signature_manifest, signature_tag
 from registry.store import Store
+from simulators.ollama import OllamaSimConfig, OllamaSimulator
 from tests.registry.helpers import CHUNK, pull, same_file, text_file
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.chat import ChatRequest, Message
+from tandem.chat import ChatRequest, Message
 
 DEV_SET = Path(__file__).parent.parent / "data" / "routing_dev.jsonl"
 

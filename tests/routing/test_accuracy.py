@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gateway.routing.classifier import classify
+from tandem.routing.classifier import classify
 from tests.routing.conftest import dev_request
 
 EXTRA = Path(__file__).parent / "extra_cases.jsonl"

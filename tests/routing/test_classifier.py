@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.chat import Mode, ResponseFormat, Tool
-from gateway.routing.classifier import WEIGHTS, classify, score
-from gateway.routing.signals import extract, measure
+from tandem.chat import Mode, ResponseFormat, Tool
+from tandem.routing.classifier import WEIGHTS, classify, score
+from tandem.routing.signals import extract, measure
 from tests.routing.conftest import Chat
 
 CODE = "```python\ndef mean(xs):\n    return sum(xs) / len(xs) - 1\n```"

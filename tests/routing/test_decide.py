@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from gateway.chat import Mode, Target
-from gateway.routing.decide import EdgeView, route
-from gateway.routing.estimate import exact_prompt_tokens, prompt_tokens
+from tandem.chat import Mode, Target
+from tandem.routing.decide import EdgeView, route
+from tandem.routing.estimate import exact_prompt_tokens, prompt_tokens
 from tests.routing.conftest import Chat
 
 EASY = "Translate 'keep the guard closed' into Chinese."

@@ -5,10 +5,10 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from gateway.chat import ChatRequest, Message, Tool, ToolCall
-from gateway.routing.estimate import NEAR, estimate_text, exact_prompt_tokens, prompt_tokens
-from gateway.routing.template import render
-from gateway.routing.tokens import count_text
+from tandem.chat import ChatRequest, Message, Tool, ToolCall
+from tandem.routing.estimate import NEAR, estimate_text, exact_prompt_tokens, prompt_tokens
+from tandem.routing.template import render
+from tandem.routing.tokens import count_text
 from tests.routing.conftest import Chat, dev_request
 
 PROSE = "The spindle drive tripped twice during the night shift, both times near the end of a cycle. "

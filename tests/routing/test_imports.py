@@ -14,8 +14,8 @@ HEAVY = ("litellm", "aiohttp", "grpc", "httpx", "tiktoken", "dashscope", "pydant
 def test_importing_and_routing_loads_no_heavy_module() -> None:
     code = (
         "import sys\n"
-        "from gateway.chat import ChatRequest, Message\n"
-        "from gateway.routing import route, EdgeView\n"
+        "from tandem.chat import ChatRequest, Message\n"
+        "from tandem.routing import route, EdgeView\n"
         "route(ChatRequest(model='m', messages=[Message('user', 'hi')]), edge=EdgeView({'m': 4096}))\n"
         f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))\n"
     )

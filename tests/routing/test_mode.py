@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.chat import Mode
-from gateway.routing.mode import decide_mode
+from tandem.chat import Mode
+from tandem.routing.mode import decide_mode
 from tests.routing.conftest import Chat
 
 HARD = "Prove that there are infinitely many primes, and derive a bound on the gap between them."

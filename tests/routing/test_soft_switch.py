@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.chat import Message, Mode
-from gateway.routing.soft_switch import soft_switch
+from tandem.chat import Message, Mode
+from tandem.routing.soft_switch import soft_switch
 
 
 def test_think_in_the_user_message_asks_for_thinking() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.simulators import (
+from simulators import (
     OllamaModel,
     OllamaSimConfig,
     OllamaSimulator,

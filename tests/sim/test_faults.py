@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from gateway.simulators.faults import FaultInjector, Faults
-from gateway.simulators.ollama import parse_keep_alive
+from simulators.faults import FaultInjector, Faults
+from simulators.ollama import parse_keep_alive
 
 
 def test_faults_from_json_fields() -> None:

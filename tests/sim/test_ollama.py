@@ -11,7 +11,7 @@ import httpx
 import ollama
 import pytest
 
-from gateway.simulators import OllamaSimulator
+from simulators import OllamaSimulator
 from tests.sim.conftest import LLAMA, QWEN, TOOLS, ollama_config, until
 
 HI = [{"role": "user", "content": "Why is the sky blue?"}]
@@ -437,7 +437,7 @@ async def test_create_from_an_existing_model_changes_its_settings(ollama_sim: Ol
 
 
 async def test_error_rate_one_answers_every_request_with_the_status(ollama_sim: OllamaSimulator) -> None:
-    from gateway.simulators import Faults
+    from simulators import Faults
 
     ollama_sim.set_faults(Faults(error_rate=1.0, error_status=503))
 
@@ -449,7 +449,7 @@ async def test_error_rate_one_answers_every_request_with_the_status(ollama_sim: 
 
 
 async def test_an_error_mid_stream_is_an_ndjson_error_line(ollama_sim: OllamaSimulator) -> None:
-    from gateway.simulators import Faults
+    from simulators import Faults
 
     ollama_sim.set_faults(Faults(error_after=3, error_message="runner crashed"))
     received = []
@@ -464,7 +464,7 @@ async def test_an_error_mid_stream_is_an_ndjson_error_line(ollama_sim: OllamaSim
 
 
 async def test_a_disconnect_mid_stream_cuts_the_connection(ollama_sim: OllamaSimulator) -> None:
-    from gateway.simulators import Faults
+    from simulators import Faults
 
     ollama_sim.set_faults(Faults(disconnect_after=2))
     received = []
@@ -477,7 +477,7 @@ async def test_a_disconnect_mid_stream_cuts_the_connection(ollama_sim: OllamaSim
 
 
 async def test_a_hung_server_times_the_client_out(ollama_sim: OllamaSimulator) -> None:
-    from gateway.simulators import Faults
+    from simulators import Faults
 
     ollama_sim.set_faults(Faults(hang=True))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.simulators.prompt import message_text, render_chatml, soft_switch
+from simulators.prompt import message_text, render_chatml, soft_switch
 
 
 def test_a_chat_renders_as_chatml_ending_with_the_assistant_turn() -> None:

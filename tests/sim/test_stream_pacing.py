@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from gateway.simulators import OllamaSimulator, VllmSimulator
+from simulators import OllamaSimulator, VllmSimulator
 from tests.sim.conftest import QWEN, VLLM_MODEL, ollama_config, vllm_config
 
 HI = [{"role": "user", "content": "hi"}]

@@ -6,7 +6,7 @@ import json
 
 import orjson
 
-from gateway.simulators.textgen import TextGenerator, choose_tool, example_value, split_tokens, tool_arguments
+from simulators.textgen import TextGenerator, choose_tool, example_value, split_tokens, tool_arguments
 from tests.sim.conftest import TOOLS
 
 

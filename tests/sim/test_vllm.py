@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.simulators import Faults, VllmSimulator
+from simulators import Faults, VllmSimulator
 from tests.sim.conftest import TOOLS, VLLM_MODEL, until, vllm_config
 
 HI = [{"role": "user", "content": "Why is the sky blue?"}]
@@ -66,7 +66,7 @@ async def test_usage_counts_reasoning_and_answer_tokens(vllm_sim: VllmSimulator)
 
 
 async def test_prompt_tokens_are_counted_over_the_qwen_chat_template(vllm_sim: VllmSimulator) -> None:
-    from gateway.routing.tokens import count_text
+    from tandem.routing.tokens import count_text
 
     reply = await chat(vllm_sim, messages=[{"role": "user", "content": "hello"}])
 

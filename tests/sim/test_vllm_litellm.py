@@ -9,7 +9,7 @@ os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # before the import: no net
 import litellm  # imported once per module: it takes seconds
 import pytest
 
-from gateway.simulators import VllmSimulator
+from simulators import VllmSimulator
 from tests.sim.conftest import VLLM_MODEL
 
 HI = [{"role": "user", "content": "Why is the sky blue?"}]

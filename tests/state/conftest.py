@@ -20,11 +20,11 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from gateway.config import Redis as RedisConfig
-from gateway.metrics import Metrics
 from gateway.server import GatewayServer
-from gateway.simulators.vllm import VllmSimulator
 from gateway.state import RedisState, StateHealth
 from gateway.state.tenants import MemoryTenants, RedisTenants, TenantStore
+from simulators.vllm import VllmSimulator
+from tandem.metrics import Metrics
 
 # The vLLM simulators and gateway helpers of the gateway tests, reused here.
 from tests.gateway import conftest as gateway_tests

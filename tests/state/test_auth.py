@@ -8,9 +8,9 @@ import asyncio
 import pytest
 
 from gateway.auth import INVALID, MISSING, Authenticator, credential
-from gateway.errors import Unauthenticated, UpstreamUnavailable
 from gateway.state import MemoryTenants, RedisState, Tenant
 from gateway.state.tenants import RedisTenants, TenantStore
+from tandem.errors import Unauthenticated, UpstreamUnavailable
 from tests.state.conftest import RedisServer
 
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
-from gateway.cli import main
+from cli.main import main
 from gateway.fleet import EdgeStatus, ServedModel
 from gateway.state import Tenant
 from gateway.state.fleet_redis import RedisFleet
@@ -171,7 +171,7 @@ def test_gateway_serve_refuses_to_start_when_keys_are_required_but_cannot_exist(
         [
             sys.executable,
             "-c",
-            "from gateway.cli import main; main()",
+            "from cli.main import main; main()",
             "gateway",
             "serve",
             "--config",

@@ -12,11 +12,11 @@ import grpc
 import pytest
 
 from gateway.server import GatewayServer
-from gateway.simulators.vllm import VllmSimulator
 from gateway.state import Tenant
 from gateway.state.tenants import RedisTenants
-from proto.tandem.v1 import gateway_pb2 as pb
-from proto.tandem.v1 import gateway_pb2_grpc
+from simulators.vllm import VllmSimulator
+from tandem.v1 import gateway_pb2 as pb
+from tandem.v1 import gateway_pb2_grpc
 from tests.state.conftest import StartGateway
 
 FAST = [{"role": "user", "content": "Say hello. /no_think"}]

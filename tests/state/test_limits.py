@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from gateway.errors import LimitExceeded, UpstreamUnavailable
 from gateway.state import RedisLimiter, RedisState, Tenant, TenantLimits
+from tandem.errors import LimitExceeded, UpstreamUnavailable
 from tests.state.conftest import RedisServer, make_state
 
 MakeLimits = Callable[..., TenantLimits]

@@ -17,8 +17,8 @@ from structlog.testing import capture_logs
 from gateway.server import GatewayServer
 from gateway.state import RedisState, Tenant
 from gateway.state.tenants import RedisTenants
-from proto.tandem.v1 import gateway_pb2 as pb
-from proto.tandem.v1 import gateway_pb2_grpc
+from tandem.v1 import gateway_pb2 as pb
+from tandem.v1 import gateway_pb2_grpc
 from tests.state.conftest import RedisServer, StartGateway, make_state
 
 FAST = [{"role": "user", "content": "Say hello. /no_think"}]

@@ -23,7 +23,7 @@ import yaml
 from tests.state.conftest import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
-TANDEM = [sys.executable, "-c", "from gateway.cli import main; main()"]
+TANDEM = [sys.executable, "-c", "from cli.main import main; main()"]
 FAST = [{"role": "user", "content": "Say hello. /no_think"}]
 
 

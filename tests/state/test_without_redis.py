@@ -10,12 +10,12 @@ import grpc
 import pytest
 
 from gateway.config import GatewayConfig
-from gateway.errors import ConfigError
 from gateway.server import GatewayServer
-from gateway.simulators.vllm import VllmSimulator
 from gateway.state.tenants import key_digest, new_key
-from proto.tandem.v1 import gateway_pb2 as pb
-from proto.tandem.v1 import gateway_pb2_grpc
+from simulators.vllm import VllmSimulator
+from tandem.errors import ConfigError
+from tandem.v1 import gateway_pb2 as pb
+from tandem.v1 import gateway_pb2_grpc
 from tests.state.conftest import gateway_config
 
 FAST = [{"role": "user", "content": "Say hello. /no_think"}]
