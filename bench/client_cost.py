@@ -1,6 +1,6 @@
-"""What one engine call costs the caller's process: aiohttp's client against the gateway's
-`EngineClient` (`tandem/transport.py`), both on one kept-alive connection to the vLLM
-simulator (its own process), one request at a time.
+"""What one engine call costs the caller's process: aiohttp's bare client against Tandem's
+`Transport` (`tandem/transport.py`: aiohttp plus proxy, TLS and reuse rules), both on one
+kept-alive connection to the vLLM simulator (its own process), one request at a time.
 
     python -m bench.client_cost [--requests 3000] [--rounds 3] [--json]
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from tandem.transport import EngineClient
+from tandem.transport import Transport
 
 TANDEM = Path(sys.executable).with_name("tandem")
 LISTENING = re.compile(rb"listening on (http://\S+)")
@@ -60,8 +60,8 @@ async def _aiohttp(url: str, requests: int) -> tuple[float, float]:
         return await _measure(call, requests)
 
 
-async def _engine_client(url: str, requests: int) -> tuple[float, float]:
-    client = EngineClient(connect_s=5.0)
+async def _transport(url: str, requests: int) -> tuple[float, float]:
+    client = Transport()
 
     async def call() -> bytes:
         resp = await client.request("POST", url, BODY, HEADERS)
@@ -76,7 +76,7 @@ async def _engine_client(url: str, requests: int) -> tuple[float, float]:
         await client.close()
 
 
-CLIENTS = {"aiohttp.ClientSession": _aiohttp, "gateway EngineClient": _engine_client}
+CLIENTS = {"aiohttp.ClientSession": _aiohttp, "tandem Transport": _transport}
 
 
 def _start_sim() -> tuple[subprocess.Popen[bytes], str]:

@@ -21,6 +21,8 @@ if [ "$want_test_servers" = 1 ]; then
   missing=()
   command -v docker-registry >/dev/null 2>&1 || [ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  # a real forward proxy for the outbound transport's tests
+  command -v tinyproxy >/dev/null 2>&1 || [ -x /usr/bin/tinyproxy ] || [ -x /usr/sbin/tinyproxy ] || missing+=(tinyproxy)
   if [ ${#missing[@]} -gt 0 ]; then
     sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
     $sudo_cmd apt-get update -qq

@@ -30,6 +30,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from tandem.configfile import Section, load_config
+from tandem.transport import ClientTLS, HttpClient
 
 
 class Listen(Section):
@@ -46,6 +47,7 @@ class Ollama(Section):
     """The local engine."""
 
     url: str = "http://127.0.0.1:11434"
+    tls: ClientTLS | None = Field(None, description="for https://: CA bundle, client certificate, verify")
     model: str | None = Field(None, description="the model kept loaded; none: keep nothing warm")
     aliases: dict[str, str] = Field(default_factory=dict, description="names callers use -> Ollama names")
     keep_alive: str | float = Field("30m", description="sent on every call; the warm loop renews it")
@@ -137,6 +139,7 @@ class EdgeConfig(Section):
     uplink: Uplink = Uplink()
     breaker: Breaker = Breaker()
     policy: Policy = Policy()
+    http_client: HttpClient = HttpClient()  # outbound HTTP (Ollama, the model registry): proxies, idle
     edge_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=256)
     group: str = Field("default", min_length=1)
     heartbeat_seconds: float = Field(10.0, gt=0)

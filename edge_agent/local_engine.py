@@ -25,7 +25,7 @@ from edge_agent.config import Ollama as OllamaConfig
 from tandem.chat import Chunk
 from tandem.errors import BadRequest, PayloadTooLarge, UpstreamFailed
 from tandem.logs import get_logger
-from tandem.transport import EngineClient, EngineUnreachable, Response
+from tandem.transport import Response, Transport, Unreachable
 from tandem.wire import ollama as wire
 
 log = get_logger("tandem.edge.local")
@@ -97,8 +97,11 @@ class LocalStream:
 class LocalEngine:
     """The local Ollama, owned by the edge application object."""
 
-    def __init__(self, config: OllamaConfig, *, sampling: Mapping[str, dict[str, float]]) -> None:
+    def __init__(
+        self, config: OllamaConfig, *, sampling: Mapping[str, dict[str, float]], transport: Transport
+    ) -> None:
         self.config = config
+        self._transport = transport
         self._sampling = sampling  # "thinking" / "non_thinking" -> Qwen3 defaults
         self.models: dict[str, LocalModel] = {}
         self.contexts: dict[str, int] = {}  # every name the box serves (aliases too) -> context
@@ -107,7 +110,7 @@ class LocalEngine:
         self.warm = False
         self.version = ""
         self.in_flight = 0
-        self._client: EngineClient | None = None
+        self._started = False
         self._tasks: list[asyncio.Task[None]] = []
         self._warming: asyncio.Task[None] | None = None
         self._warm_error = ""
@@ -116,7 +119,7 @@ class LocalEngine:
 
     async def start(self) -> None:
         """Opens the HTTP session, reads the models once, and starts the refresh loop."""
-        self._client = EngineClient(connect_s=self.config.connect_timeout_seconds)
+        self._started = True
         await self.refresh()
         self._tasks.append(asyncio.create_task(self._refresh_loop(), name="ollama-refresh"))
 
@@ -126,8 +129,6 @@ class LocalEngine:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._client is not None:
-            await self._client.close()
 
     @property
     def saturated(self) -> bool:
@@ -159,7 +160,7 @@ class LocalEngine:
                 elif name and (model := await self._describe(name, entry)) is not None:
                     models[name] = model
         except (
-            EngineUnreachable,
+            Unreachable,
             _Status,
             TimeoutError,
             orjson.JSONDecodeError,
@@ -245,7 +246,7 @@ class LocalEngine:
         body = wire.warm_body(local.name, self.settings(local))
         try:
             await self._post_json("/api/generate", body, total_s=self.config.timeout_seconds)
-        except (EngineUnreachable, _Status, TimeoutError, orjson.JSONDecodeError) as exc:
+        except (Unreachable, _Status, TimeoutError, orjson.JSONDecodeError) as exc:
             self._warm_failed(model, f"{type(exc).__name__}: {exc}")
             return
         if not self.warm:
@@ -279,9 +280,16 @@ class LocalEngine:
         return await self._json("POST", path, orjson.dumps(body), total_s=total)
 
     async def _json(self, method: str, path: str, body: bytes, *, total_s: float) -> dict[str, Any]:
-        assert self._client is not None, "LocalEngine.start() was not awaited"
-        resp = await self._client.request(
-            method, self.config.url + path, body, _JSON if body else None, total_s=total_s
+        assert self._started, "LocalEngine.start() was not awaited"
+        cfg = self.config
+        resp = await self._transport.request(
+            method,
+            cfg.url + path,
+            body,
+            _JSON if body else None,
+            tls=cfg.tls,
+            connect_s=cfg.connect_timeout_seconds,
+            total_s=total_s,
         )
         try:
             if resp.status != 200:
@@ -296,7 +304,7 @@ class LocalEngine:
         Raises `LocalUnavailable` (Ollama down or failing before any token: the caller may
         send the request elsewhere), `LocalRefused`, or `BadRequest` (the request is at fault).
         """
-        assert self._client is not None, "LocalEngine.start() was not awaited"
+        assert self._started, "LocalEngine.start() was not awaited"
         cfg = self.config
         self.in_flight += 1
         released = False
@@ -309,17 +317,19 @@ class LocalEngine:
 
         try:
             try:
-                resp = await self._client.request(
+                resp = await self._transport.request(
                     "POST",
                     cfg.url + path,
                     orjson.dumps(body),
                     _JSON,
+                    tls=cfg.tls,
+                    connect_s=cfg.connect_timeout_seconds,
                     read_s=cfg.first_token_timeout_seconds,
                     total_s=cfg.timeout_seconds,
                 )
             except TimeoutError:
                 raise self._down(f"no answer within {cfg.first_token_timeout_seconds:g}s") from None
-            except EngineUnreachable as exc:
+            except Unreachable as exc:
                 raise self._down(str(exc)) from None
             if resp.status != 200:
                 raise await _refusal(resp)
@@ -343,7 +353,7 @@ class LocalEngine:
 async def _refusal(resp: Response) -> Exception:
     try:
         raw = await resp.read()
-    except (EngineUnreachable, TimeoutError):
+    except (Unreachable, TimeoutError):
         raw = b""
     finally:
         resp.release()
@@ -372,6 +382,10 @@ async def _chunks(resp: Response) -> AsyncGenerator[list[Chunk], None]:
             batch, error = _parse(lines)
             if batch:
                 done = batch[-1].final = batch[-1].finish_reason is not None
+                if done and error is None:
+                    await resp.drain()  # the chunked body's end: the connection is reused
+                    yield batch
+                    return
                 yield batch
             if error is not None:
                 raise _Broken(error)
@@ -384,7 +398,7 @@ async def _chunks(resp: Response) -> AsyncGenerator[list[Chunk], None]:
                 raise _Broken(error)
         if not done:
             raise _Broken("the stream ended before its final object")
-    except (EngineUnreachable, TimeoutError) as exc:
+    except (Unreachable, TimeoutError) as exc:
         raise _Broken(f"{type(exc).__name__}: {exc}") from None
     finally:
         # Closing an unfinished answer drops the connection, which stops Ollama generating.

@@ -36,6 +36,7 @@ from tandem.chat import ChatRequest, ChatResult, Chunk, RouteDecision, ToolCall,
 from tandem.errors import TandemError, UpstreamUnavailable
 from tandem.logs import get_logger, new_request_id
 from tandem.metrics import Metrics
+from tandem.transport import Transport
 from tandem.v1 import gateway_pb2 as pb
 from tandem.version import tandem_version
 from tandem.wire import ollama as ollama_wire
@@ -99,9 +100,12 @@ class EdgeService:
             successes_to_close=config.breaker.successes_to_close,
             on_change=self._breaker_changed,
         )
+        # Every outbound HTTP call of the edge (Ollama, the model registry) goes through this.
+        self.transport = Transport(config.http_client)
         self.local = LocalEngine(
             config.ollama,
             sampling={"thinking": config.thinking_sampling, "non_thinking": config.non_thinking_sampling},
+            transport=self.transport,
         )
         self.uplink = Uplink(config.uplink, self.breaker, edge_id=config.edge_id)
         # Called with every heartbeat reply (model distribution listens here).
@@ -142,6 +146,7 @@ class EdgeService:
                 await task
         await self.uplink.close()
         await self.local.close()
+        await self.transport.close()
 
     def _breaker_changed(self, state: State) -> None:
         self._breaker_gauge.set(_BREAKER_VALUE[state])

@@ -23,6 +23,7 @@ from pydantic import Field, field_validator, model_validator
 
 from tandem.configfile import Section, load_config
 from tandem.errors import ConfigError
+from tandem.transport import ClientTLS, HttpClient
 
 
 class Listen(Section):
@@ -59,6 +60,9 @@ class Endpoint(Section):
     url: str = Field(description="base URL including /v1, e.g. http://host:8000/v1")
     model: str = Field(description="the served model name on that server")
     api_key_env: str | None = Field(None, description="environment variable holding its API key")
+    tls: ClientTLS | None = Field(
+        None, description="for https://: CA bundle, client certificate (mTLS), verify"
+    )
     max_concurrency: int = Field(64, ge=1)
     weight: int = Field(1, ge=1)
 
@@ -182,6 +186,7 @@ class GatewayConfig(Section):
     http: HttpListen = HttpListen()
     pools: list[Pool] = Field(default_factory=list)
     router: Router = Router()
+    http_client: HttpClient = HttpClient()  # outbound HTTP to the engines: proxies, idle connections
     limits: Limits = Limits()
     redis: Redis = Redis()
     auth: Auth = Auth()

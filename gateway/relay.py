@@ -1,7 +1,7 @@
 """Talking to one vLLM endpoint: send a chat request, read its answer or its SSE stream.
 
-One `EngineClient` per process (kept-alive HTTP/1.1, `tandem/transport.py`), one POST per
-attempt. Stream events are parsed with orjson
+One POST per attempt, over the process's `Transport` (`tandem/transport.py`: kept-alive
+connections, proxies, each endpoint's TLS). Stream events are parsed with orjson
 into `Chunk`s as they arrive; a burst of events read in one wake-up is parsed in one pass, and
 nothing is held back waiting for more. Whether to retry a failed attempt elsewhere is the
 application's call (`gateway/service.py`); this module only says what failed and whether the
@@ -18,7 +18,7 @@ import orjson
 
 from gateway.pool import Upstream
 from tandem.chat import Chunk, ToolCall, Usage
-from tandem.transport import EngineClient, EngineUnreachable, Response
+from tandem.transport import Response, Transport, Unreachable
 
 
 class AttemptFailed(Exception):
@@ -42,11 +42,9 @@ class StreamBroken(Exception):
 class Relay:
     """HTTP client for the pool's engines, owned by the application object."""
 
-    def __init__(self, *, connect_timeout: float) -> None:
-        self._client = EngineClient(connect_s=connect_timeout)
-
-    async def close(self) -> None:
-        await self._client.close()
+    def __init__(self, transport: Transport, *, connect_timeout: float) -> None:
+        self._transport = transport
+        self._connect_timeout = connect_timeout
 
     async def open(
         self, upstream: Upstream, body: dict[str, Any], *, first_byte_timeout: float, total_timeout: float
@@ -56,17 +54,19 @@ class Relay:
         if upstream.api_key:
             headers["Authorization"] = f"Bearer {upstream.api_key}"
         try:
-            resp = await self._client.request(
+            resp = await self._transport.request(
                 "POST",
                 f"{upstream.base_url}/chat/completions",
                 orjson.dumps(body),
                 headers,
+                tls=upstream.tls,
+                connect_s=self._connect_timeout,
                 read_s=first_byte_timeout,
                 total_s=total_timeout,
             )
         except TimeoutError:
             raise AttemptFailed(f"{upstream.id}: no answer within {first_byte_timeout:g}s") from None
-        except EngineUnreachable as exc:
+        except Unreachable as exc:
             raise AttemptFailed(f"{upstream.id}: {exc}") from None
         if resp.status != 200:
             raise await _failed_response(upstream, resp)
@@ -76,7 +76,7 @@ class Relay:
         """The body of a non-streamed answer."""
         try:
             data = await resp.read()
-        except (EngineUnreachable, TimeoutError) as exc:
+        except (Unreachable, TimeoutError) as exc:
             raise AttemptFailed(f"{upstream.id}: answer cut: {type(exc).__name__}") from None
         finally:
             resp.release()
@@ -93,7 +93,7 @@ async def _failed_response(upstream: Upstream, resp: Response) -> AttemptFailed:
     status = resp.status
     try:
         raw = await resp.read()
-    except (EngineUnreachable, TimeoutError):
+    except (Unreachable, TimeoutError):
         raw = b""
     finally:
         resp.release()
@@ -185,7 +185,7 @@ async def stream_chunks(resp: Response) -> AsyncGenerator[list[Chunk], None]:
         while not done:
             try:
                 data = await resp.readany()
-            except (EngineUnreachable, TimeoutError) as exc:
+            except (Unreachable, TimeoutError) as exc:
                 raise StreamBroken(f"connection to the engine failed: {type(exc).__name__}") from None
             if not data:
                 raise StreamBroken("the engine closed the stream before [DONE]")
@@ -207,6 +207,8 @@ async def stream_chunks(resp: Response) -> AsyncGenerator[list[Chunk], None]:
                     chunk = _event_chunk(parsed)
                     if chunk is not None:
                         batch.append(chunk)
+            if done:
+                await resp.drain()  # the chunked body's end: the connection goes back to the pool
             if batch:
                 batch[-1].final = done
                 yield batch

@@ -45,6 +45,7 @@ from tandem.errors import (
 from tandem.logs import get_logger, new_request_id
 from tandem.metrics import Metrics
 from tandem.routing.decide import route
+from tandem.transport import Transport
 from tandem.wire import openai as wire
 
 if TYPE_CHECKING:
@@ -146,7 +147,8 @@ class GatewayService:
         )
         self.limits = self.state.limits
         # Connections are bounded by the requests in flight (`limits.max_in_flight`).
-        self.relay = Relay(connect_timeout=config.router.connect_timeout_seconds)
+        self.transport = Transport(config.http_client)
+        self.relay = Relay(self.transport, connect_timeout=config.router.connect_timeout_seconds)
         self._in_flight = 0
         self._upstream_load: dict[str, int] = {}
         self._idle = asyncio.Event()
@@ -157,7 +159,7 @@ class GatewayService:
         await self.state.start()
 
     async def close(self) -> None:
-        await self.relay.close()
+        await self.transport.close()
         await self.state.close()
 
     # --- decisions -------------------------------------------------------------------------

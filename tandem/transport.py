@@ -1,426 +1,312 @@
-"""HTTP/1.1 to the engines (vLLM behind the gateway, Ollama beside the edge agent).
+"""The one outbound HTTP transport: every HTTP hop Tandem makes goes through a `Transport`.
 
-The hot path of both processes is one POST per request to an engine on a kept-alive
-connection. aiohttp's client spends 165-225 us of CPU on each (request and response objects,
-header handling, timers, a task per body write); this one spends 70-90 us, measured side by
-side with `python -m bench.client_cost`: the request is written in one send from parts
-encoded once per upstream, the response is parsed by `httptools` (the llhttp parser uvicorn
-uses) straight from `data_received`, and the body is handed over as it arrives.
+Engine calls (the gateway to vLLM, the edge to Ollama), Ollama registration and the registry's
+manifests and blobs all use it, so proxies, TLS, timeouts and connection reuse are set in one
+place. It is aiohttp's client (a maintained HTTP/1.1 stack with a C parser) with Tandem's rules
+on top; `docs/benchmarks.md` ("Engine hop") has the side-by-side measurement behind choosing
+it over a hand-written client.
 
-What it does, and no more: `GET`/`POST` with a body in one piece; responses of any length
-(`Content-Length`, chunked, or up to the connection's close), read whole or as they arrive
-(`readany`); kept-alive connections per origin, reused last-in first-out, closed after
-`keepalive_s` idle; a request that meets a kept connection the engine closed while it was idle
-(lost within a round trip, before any byte of an answer) is sent once more on a new connection,
-and never otherwise, so nothing the engine may have taken runs twice; a reader that falls
-behind pauses the socket (no unbounded buffer); an exchange abandoned half-way is aborted, not
-drained; TLS when the URL says `https`. Timeouts: `connect_s` to connect,
-`read_s` between two reads (the first-token deadline for a stream), `total_s` for the whole
-exchange. Every failure to reach or hear from the engine is an `EngineUnreachable`; a timeout
-is a `TimeoutError`.
+The rules:
+- **Proxies**: `HttpClient.proxy` when configured, else `HTTPS_PROXY` / `HTTP_PROXY` from the
+  environment (`trust_env`); `no_proxy` (else `NO_PROXY`) names hosts reached directly.
+  Loopback addresses are never proxied (the edge's Ollama is on localhost). HTTPS goes through
+  the proxy with CONNECT, so TLS stays end to end.
+- **TLS per endpoint**: `ClientTLS` gives a CA bundle, a client certificate and key (mutual
+  TLS), or `verify: false` for a test bench. Verification is on by default, against the
+  system's CAs.
+- **Timeouts**: `connect_s` to connect (through the proxy, if any), `read_s` between two reads
+  (the first-token deadline of a stream), `total_s` for the whole exchange.
+- **Reuse**: a response read to its end goes back to the pool (`drain()` reads the few bytes
+  that end a chunked body after a stream's last event); one abandoned half-way is closed.
+  Idle connections are dropped after `idle_seconds` (default 4 s, below the 5 s after which
+  uvicorn-based engines close theirs), so a request never goes out on a connection the server
+  is closing.
+- **No duplicate POST**: a request is sent once. aiohttp resends only idempotent methods on a
+  kept connection found closed; nothing here resends anything. A failure says whether the
+  request provably never reached the server (`Unreachable.sent is False`: the connection was
+  never made), which is the only case where a caller may send it elsewhere without doubt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import os
 import ssl
+import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
-import httptools
+import aiohttp
+from multidict import CIMultiDictProxy
+from pydantic import Field, model_validator
+from yarl import URL
 
-_PAUSE_AT = 256 * 1024  # buffered body bytes that pause the socket until the reader catches up
-
-
-class EngineUnreachable(Exception):
-    """Could not connect, the connection broke, or the engine did not speak HTTP."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Target:
-    origin: tuple[str, str, int]  # scheme, host, port
-    path: str
-    host_header: bytes
+from tandem.configfile import Section
 
 
-class _Connection(asyncio.Protocol):
-    """One TCP connection; at most one exchange at a time."""
+class ClientTLS(Section):
+    """TLS toward one endpoint: whom to trust and, for mutual TLS, who we are."""
 
-    def __init__(self, client: EngineClient, origin: tuple[str, str, int]) -> None:
-        self._client = client
-        self.origin = origin
-        self.transport: asyncio.Transport | None = None
-        self.response: Response | None = None
-        self.closed = False
-        self._parser = httptools.HttpResponseParser(self)
-        self._idle: asyncio.TimerHandle | None = None
-        self.received = False  # any byte of the current exchange's answer
-        self.lost_at: float | None = None  # loop time the connection went, if it did
-        self.sent_at = 0.0
+    ca_file: Path | None = Field(None, description="PEM bundle of CAs to trust instead of the system's")
+    cert_file: Path | None = Field(None, description="client certificate (PEM) for mutual TLS")
+    key_file: Path | None = Field(None, description="its private key (PEM)")
+    verify: bool = Field(
+        True, description="check the server's certificate and name (off only for a test bench)"
+    )
 
-    # -- asyncio.Protocol
+    @model_validator(mode="after")
+    def _pair(self) -> ClientTLS:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # a stream transport (uvloop's too)
 
-    def data_received(self, data: bytes) -> None:
-        if self.response is None:  # nothing asked: a server talking out of turn
-            self.close()
-            return
-        self.received = True
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(EngineUnreachable("the engine switched protocols"))
-        except httptools.HttpParserError as exc:
-            self._fail(EngineUnreachable(f"the engine's answer is not valid HTTP: {exc}"))
+class HttpClient(Section):
+    """How this process makes outbound HTTP calls (engines, Ollama, the model registry)."""
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.lost_at = asyncio.get_running_loop().time()
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
-        self._client._forget(self)
-        r = self.response
-        if r is not None and not r.complete:
-            if exc is None and r.status and _ends_at_close(r.headers):
-                r._complete(False)  # a body without a length ends where the connection does
-                return
-            why = f": {exc}" if exc else ""
-            r._fail(EngineUnreachable(f"the engine closed the connection{why}"))
+    proxy: str | None = Field(None, description="http://[user:pass@]host:port; none: HTTPS_PROXY/HTTP_PROXY")
+    no_proxy: str | None = Field(None, description="comma-separated hosts reached directly; none: NO_PROXY")
+    trust_env: bool = Field(True, description="read HTTPS_PROXY, HTTP_PROXY and NO_PROXY")
+    idle_seconds: float = Field(4.0, gt=0, description="drop a kept-alive connection idle this long")
+    max_connections: int = Field(0, ge=0, description="open connections at most, over all hosts; 0: no bound")
 
-    # -- httptools callbacks
+    @model_validator(mode="after")
+    def _proxy_url(self) -> HttpClient:
+        if self.proxy is not None and not self.proxy.startswith(("http://", "https://")):
+            raise ValueError("proxy must be an http:// or https:// URL")
+        return self
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.response is not None
-        self.response.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
-    def on_headers_complete(self) -> None:
-        assert self.response is not None
-        self.response._headers_done(self._parser.get_status_code())
+class Unreachable(Exception):
+    """Could not connect, the connection broke, or the server did not speak HTTP.
 
-    def on_body(self, body: bytes) -> None:
-        assert self.response is not None
-        self.response._feed(body)
+    `sent` is False only when the request provably never reached the server (no connection
+    was made); a caller may then send it elsewhere without risk of running it twice.
+    """
 
-    def on_message_complete(self) -> None:
-        assert self.response is not None
-        self.response._complete(self._parser.should_keep_alive())
-
-    # -- use
-
-    def send(self, response: Response, data: bytes) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
-        self.response = response
-        self.received = False
-        self.sent_at = asyncio.get_running_loop().time()
-        assert self.transport is not None
-        self.transport.write(data)
-
-    def idle(self) -> None:
-        """The exchange is over and the connection is reusable."""
-        self.response = None
-        self._idle = asyncio.get_running_loop().call_later(self._client.keepalive_s, self.close)
-        self._client._pool.setdefault(self.origin, []).append(self)
-
-    def close(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
-        if not self.closed:
-            self.closed = True
-            self._client._forget(self)
-            if self.transport is not None:
-                # An exchange left half-way (a timeout, a caller gone) is aborted: a graceful close
-                # would first send whatever request bytes are still buffered, and the engine
-                # would not learn of it until then.
-                r = self.response
-                if self.transport.get_write_buffer_size() or (r is not None and not r.complete):
-                    self.transport.abort()
-                else:
-                    self.transport.close()
-
-    def _fail(self, exc: Exception) -> None:
-        if self.response is not None:
-            self.response._fail(exc)
-        self.close()
+    def __init__(self, message: str, *, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class Response:
-    """An engine's answer: status and headers once `request` returns, the body as it comes."""
+    """An answer whose status and headers have arrived; the body is read with `read`,
+    `readany` or `drain`. The caller must end it with `drain()`, `release()` or `close()`."""
 
-    def __init__(self, conn: _Connection, *, read_s: float | None) -> None:
-        self._conn = conn
-        self._read_s = read_s
-        self.status = 0
-        self.headers: dict[str, str] = {}
-        self.complete = False
-        self._keep_alive = False
-        self._chunks: list[bytes] = []
-        self._buffered = 0
-        self._paused = False
-        self._error: Exception | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._deadline: asyncio.TimerHandle | None = None
-        self._done = False
+    __slots__ = ("_resp", "headers", "status")
 
-    # -- fed by the connection
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    def _headers_done(self, status: int) -> None:
-        self.status = status
-        self._wake()
-
-    def _feed(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._buffered += len(data)
-        if self._buffered > _PAUSE_AT and not self._paused and self._conn.transport is not None:
-            self._paused = True
-            self._conn.transport.pause_reading()
-        self._wake()
-
-    def _complete(self, keep_alive: bool) -> None:
-        self.complete = True
-        self._keep_alive = keep_alive
-        self._wake()
-
-    def _fail(self, exc: Exception) -> None:
-        if self._error is None and not self.complete:
-            self._error = exc
-        self._wake()
-
-    # -- read by the caller
-
-    async def _wait(self) -> None:
-        loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
-        # A timer handle, not `asyncio.timeout`: a third of the cost, paid on every wait.
-        timer = loop.call_later(self._read_s, _time_out, waiter) if self._read_s is not None else None
-        try:
-            await waiter
-        except TimeoutError:
-            self.close()
-            raise
-        finally:
-            self._waiter = None
-            if timer is not None:
-                timer.cancel()
-
-    async def _wait_headers(self) -> None:
-        while self.status == 0:
-            if self._error is not None:
-                raise self._error
-            await self._wait()
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self.status: int = resp.status
+        self.headers: CIMultiDictProxy[str] = resp.headers
 
     async def readany(self) -> bytes:
-        """The body bytes that arrived since the last call (waiting for some); b"" at the end."""
-        while not self._chunks:
-            if self._error is not None:
-                raise self._error
-            if self.complete:
-                return b""
-            await self._wait()
-        data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
-        self._chunks.clear()
-        self._buffered = 0
-        if self._paused:
-            self._paused = False
-            if self._conn.transport is not None and not self._conn.closed:
-                self._conn.transport.resume_reading()
-        return data
+        """The body bytes that have arrived (waiting for some); b"" at the end of the body."""
+        try:
+            return await self._resp.content.readany()
+        except TimeoutError:
+            raise TimeoutError("no data from the server within the read timeout") from None
+        except aiohttp.ClientError as exc:
+            raise Unreachable(_describe(exc), sent=True) from None
 
     async def read(self) -> bytes:
         """The whole body."""
-        parts = []
-        while data := await self.readany():
-            parts.append(data)
-        return b"".join(parts)
+        try:
+            return await self._resp.read()
+        except TimeoutError:
+            raise TimeoutError("no data from the server within the read timeout") from None
+        except aiohttp.ClientError as exc:
+            raise Unreachable(_describe(exc), sent=True) from None
+
+    async def drain(self, limit: int = 65536) -> None:
+        """Reads what is left of the body (at most `limit` bytes) so the connection is reused;
+        after a stream's last event that is only the chunked terminator, usually already here."""
+        content = self._resp.content
+        try:
+            while not content.at_eof() and limit > 0:
+                limit -= len(await content.readany()) or limit
+        except (TimeoutError, aiohttp.ClientError):
+            pass
+        self.release()
 
     def release(self) -> None:
-        """Done with the answer: a connection whose exchange ended cleanly is kept for the next
-        request; one with unread body left (the caller went away) is closed, which also tells
-        the engine to stop generating."""
-        if self._done:
-            return
-        self._done = True
-        if self._deadline is not None:
-            self._deadline.cancel()
-        if self.complete and self._keep_alive and self._error is None and not self._conn.closed:
-            if self._paused and self._conn.transport is not None:
-                self._conn.transport.resume_reading()
-            self._conn.idle()
+        """Ends the exchange: a body read to its end frees the connection for reuse; one not
+        read to its end closes it (nothing of an abandoned answer is left on a pooled socket)."""
+        if self._resp.content.at_eof():
+            self._resp.release()
         else:
-            self._conn.close()
+            self._resp.close()
 
     def close(self) -> None:
-        """Drops the connection, whatever state the exchange is in."""
-        self._done = True
-        if self._deadline is not None:
-            self._deadline.cancel()
-        self._conn.close()
-
-    def _expire(self, total_s: float) -> None:
-        self._fail(TimeoutError(f"no whole answer within {total_s:g}s"))
-        self._conn.close()
+        """Ends the exchange and closes its connection."""
+        self._resp.close()
 
 
-class EngineClient:
-    """Kept-alive HTTP/1.1 connections to any number of engines. One per process."""
+class Transport:
+    """Outbound HTTP for one process: one connection pool, one proxy rule, TLS per endpoint."""
 
-    def __init__(
-        self, *, connect_s: float, keepalive_s: float = 30.0, ssl_context: ssl.SSLContext | None = None
-    ) -> None:
-        self.connect_s = connect_s
-        self.keepalive_s = keepalive_s
-        self._ssl = ssl_context
-        self._pool: dict[tuple[str, str, int], list[_Connection]] = {}
-        self._open: set[_Connection] = set()
-        self._targets: dict[str, _Target] = {}
-        self._heads: dict[tuple[object, ...], bytes] = {}
+    def __init__(self, config: HttpClient | None = None) -> None:
+        self.config = config or HttpClient()
+        self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[tuple[str, str], URL | None] = {}
+        self.connections_opened = 0  # for tests and benchmarks: how often reuse failed
+
+    def _started(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                keepalive_timeout=self.config.idle_seconds,
+                limit=self.config.max_connections,
+                limit_per_host=0,
+                enable_cleanup_closed=False,
+            )
+            trace = aiohttp.TraceConfig()
+            trace.on_connection_create_end.append(self._count_connection)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                trust_env=False,  # proxies are resolved here, with the config's override
+                auto_decompress=False,  # bodies are relayed as the server sent them
+                skip_auto_headers=("User-Agent",),
+                trace_configs=[trace],
+                # A request's own `timeout` replaces this; none given means no limit.
+                timeout=aiohttp.ClientTimeout(total=None),
+            )
+        return self._session
+
+    async def _count_connection(self, *_: Any) -> None:
+        self.connections_opened += 1
 
     async def request(
         self,
         method: str,
         url: str,
-        body: bytes = b"",
+        body: bytes | aiohttp.payload.Payload | None = None,
         headers: Mapping[str, str] | None = None,
         *,
+        tls: ClientTLS | None = None,
+        connect_s: float | None = 10.0,
         read_s: float | None = None,
         total_s: float | None = None,
     ) -> Response:
-        """Sends the request and returns once the status line and headers have arrived.
+        """Sends the request once; returns when the status line and headers have arrived.
 
-        Raises `EngineUnreachable` or `TimeoutError`; the caller must `release()` (or `close()`)
-        the response it gets.
+        Raises `Unreachable` (with `sent`) or `TimeoutError`.
         """
-        target = self._target(url)
-        key = (method, url, *(headers.items() if headers else ()))
-        head = self._heads.get(key)
-        if head is None:  # the same few per upstream: encoded once
-            if len(self._heads) > 1024:  # callers that vary their headers get no cache
-                self._heads.clear()
-            head = self._heads[key] = _head(method, target, headers)
-        head += b"Content-Length: %d\r\n\r\n" % len(body) if body or method == "POST" else b"\r\n"
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + total_s if total_s is not None else None
-        for attempt in range(2):
-            conn, reused = await self._connection(target.origin, deadline, reuse=attempt == 0)
-            resp = Response(conn, read_s=read_s)
-            if deadline is not None and total_s is not None:
-                resp._deadline = loop.call_at(deadline, resp._expire, total_s)
-            conn.send(resp, head + body if body else head)
-            try:
-                await resp._wait_headers()
-                return resp
-            except EngineUnreachable:
-                resp.close()
-                if reused and attempt == 0 and _closed_while_idle(conn):
-                    continue  # once more, on a new connection
-                raise
-            except BaseException:
-                resp.close()
-                raise
-        raise AssertionError("unreachable")
-
-    async def _connection(
-        self, origin: tuple[str, str, int], deadline: float | None, *, reuse: bool = True
-    ) -> tuple[_Connection, bool]:
-        idle = self._pool.get(origin) if reuse else None
-        while idle:
-            conn = idle.pop()
-            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
-                return conn, True
-        scheme, host, port = origin
-        loop = asyncio.get_running_loop()
-        timeout = self.connect_s
-        if deadline is not None:
-            if deadline <= loop.time():
-                raise TimeoutError("the whole exchange's time ran out before connecting")
-            timeout = min(timeout, deadline - loop.time())
+        session = self._started()
+        target = URL(url)
+        if target.scheme not in ("http", "https") or not target.host:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        timeout = aiohttp.ClientTimeout(total=total_s, sock_connect=connect_s, sock_read=read_s)
         try:
-            async with asyncio.timeout(timeout):
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(self, origin),
-                    host,
-                    port,
-                    ssl=self._tls() if scheme == "https" else None,
-                )
+            resp = await session.request(
+                method,
+                target,
+                data=body,
+                headers=headers,
+                proxy=self._proxy(target),
+                ssl=ssl_context(tls) if target.scheme == "https" else True,
+                timeout=timeout,
+                allow_redirects=False,
+            )
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            raise Unreachable(_describe(exc), sent=False) from None
         except TimeoutError:
-            raise EngineUnreachable(f"could not connect to {host}:{port} within {timeout:g}s") from None
-        except OSError as exc:
-            raise EngineUnreachable(f"could not connect to {host}:{port}: {exc.strerror or exc}") from None
-        self._open.add(conn)
-        return conn, False
+            raise TimeoutError(f"no answer from {target.host} within the timeout") from None
+        except aiohttp.ClientError as exc:
+            raise Unreachable(_describe(exc), sent=True) from None
+        return Response(resp)
 
-    def _tls(self) -> ssl.SSLContext:
-        if self._ssl is None:
-            self._ssl = ssl.create_default_context()  # the system's CAs, hostname checked
-        return self._ssl
-
-    def _forget(self, conn: _Connection) -> None:
-        self._open.discard(conn)
-        idle = self._pool.get(conn.origin)
-        if idle and conn in idle:
-            idle.remove(conn)
-
-    def _target(self, url: str) -> _Target:
-        target = self._targets.get(url)
-        if target is None:
-            target = self._targets[url] = _parse_target(url)
-        return target
+    def _proxy(self, url: URL) -> URL | None:
+        """The proxy for `url`'s origin, worked out once per origin."""
+        key = (url.scheme, url.host or "")
+        if key not in self._proxies:
+            self._proxies[key] = proxy_for(url, self.config, os.environ)
+        return self._proxies[key]
 
     async def close(self) -> None:
-        for conn in list(self._open):
-            conn.close()
-        self._pool.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
         await asyncio.sleep(0)  # let the transports finish closing
 
 
-# A kept-alive connection the engine closed as the request went out (its idle timeout) shows
-# within a round trip. A loss later than this, or after any byte of an answer, may follow a
-# request the engine took: that is never sent again here (the caller decides, knowing more).
-_RACE_S = 0.25
+def proxy_for(url: URL, config: HttpClient, env: Mapping[str, str]) -> URL | None:
+    """Which proxy (if any) a request to `url` goes through, under `config` and `env`.
+
+    With no `no_proxy` list from the config or the environment, loopback hosts are reached
+    directly (a proxy cannot reach this machine's Ollama); a list, even an empty one, is the
+    whole rule.
+    """
+    if config.proxy is not None:
+        proxy: str | None = config.proxy
+    elif config.trust_env:
+        proxy = _env(env, f"{url.scheme}_proxy") or _env(env, "all_proxy")
+    else:
+        return None
+    if not proxy:
+        return None
+    no_proxy = config.no_proxy
+    if no_proxy is None and config.trust_env:
+        no_proxy = _env(env, "no_proxy")
+    host = url.host or ""
+    if no_proxy is None:
+        return None if _is_loopback(host) else URL(proxy)
+    return None if _bypassed(host, no_proxy) else URL(proxy)
 
 
-def _closed_while_idle(conn: _Connection) -> bool:
-    return not conn.received and conn.lost_at is not None and conn.lost_at - conn.sent_at < _RACE_S
+def _env(env: Mapping[str, str], name: str) -> str | None:
+    # curl's convention: the lower-case name wins; both are common.
+    return env.get(name) or env.get(name.upper()) or None
 
 
-def _ends_at_close(headers: Mapping[str, str]) -> bool:
-    """An answer with neither a length nor chunks: its body runs until the connection closes."""
-    return "content-length" not in headers and "chunked" not in headers.get("transfer-encoding", "").lower()
+def _bypassed(host: str, no_proxy: str) -> bool:
+    if no_proxy.strip() == "*":
+        return True
+    return bool(urllib.request.proxy_bypass_environment(host, {"no": no_proxy}))  # type: ignore[attr-defined]
 
 
-def _time_out(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
-def _parse_target(url: str) -> _Target:
-    parsed = httptools.parse_url(url.encode())
-    scheme = (parsed.schema or b"").decode()
-    if scheme not in ("http", "https") or not parsed.host:
-        raise ValueError(f"not an http(s) URL: {url!r}")
-    host = parsed.host.decode()
-    port = parsed.port or (443 if scheme == "https" else 80)
-    path = (parsed.path or b"/").decode() + (f"?{parsed.query.decode()}" if parsed.query else "")
-    default = (scheme == "http" and port == 80) or (scheme == "https" and port == 443)
-    named = f"[{host}]" if ":" in host else host  # an IPv6 literal is bracketed in the Host header
-    host_header = named if default else f"{named}:{port}"
-    return _Target((scheme, host, port), path, host_header.encode())
+@lru_cache(maxsize=64)
+def ssl_context(tls: ClientTLS | None) -> ssl.SSLContext:
+    """The client TLS context for `tls` (the system's CAs when none), built once per setting."""
+    if tls is None:
+        return ssl.create_default_context()
+    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    if tls.cert_file is not None and tls.key_file is not None:
+        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    if not tls.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
-def _head(method: str, target: _Target, headers: Mapping[str, str] | None) -> bytes:
-    """The request line and headers, up to (not including) Content-Length and the blank line."""
-    lines = [f"{method} {target.path} HTTP/1.1".encode(), b"Host: " + target.host_header]
-    for name, value in (headers or {}).items():
-        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
-            raise ValueError(f"header {name!r} holds a line break")
-        lines.append(f"{name}: {value}".encode("latin-1"))
-    return b"\r\n".join(lines) + b"\r\n"
+def _describe(exc: BaseException) -> str:
+    """One line for a transport failure, without aiohttp's class names."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"TLS certificate refused for {exc.host}:{exc.port}: {exc.certificate_error}"
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        return f"TLS handshake with {exc.host}:{exc.port} failed: {exc.os_error}"
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        why = exc.os_error.strerror or exc.os_error
+        return f"could not connect to the proxy for {exc.host}:{exc.port}: {why}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"could not connect to {exc.host}:{exc.port}: {exc.os_error.strerror or exc.os_error}"
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return f"the proxy refused the connection: {exc.status} {exc.message}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return f"the body broke off: {exc}"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"the answer is not valid HTTP: {exc.message}"
+    return str(exc) or type(exc).__name__

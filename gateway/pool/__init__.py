@@ -1,7 +1,7 @@
 """The cloud pool: which endpoint takes a request, and what happened when it did.
 
 `Balancer` is the seam between the gateway and litellm: the gateway sends requests itself
-(`gateway/relay.py`, one aiohttp call per request) and asks the balancer only to choose an
+(`gateway/relay.py`, one call per request over `tandem/transport.py`) and asks the balancer only to choose an
 endpoint and to learn from outcomes. The one implementation, `litellm_balancer`, is the only
 module in Tandem that imports litellm.
 """
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol
+
+from tandem.transport import ClientTLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +25,7 @@ class Upstream:
     api_key: str | None
     max_concurrency: int
     context_length: int
+    tls: ClientTLS | None = None  # for an https:// endpoint: whom to trust, our client certificate
 
 
 class Balancer(Protocol):

@@ -205,6 +205,7 @@ def _upstreams_of(pool: Pool, *, taken: Iterable[str]) -> list[Upstream]:
                 base_url=endpoint.url,
                 model=endpoint.model,
                 api_key=endpoint.api_key(),
+                tls=endpoint.tls,
                 max_concurrency=endpoint.max_concurrency,
                 context_length=pool.context_length,
             )

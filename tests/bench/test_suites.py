@@ -41,7 +41,7 @@ def test_registry_pull_reports_throughput_updates_and_resume(tmp_path: Path) -> 
 
 def test_client_cost_measures_both_clients_on_the_simulator() -> None:
     out = json.loads(bench_module("bench.client_cost", "--requests", "20", "--rounds", "1", "--json"))
-    assert set(out) == {"aiohttp.ClientSession", "gateway EngineClient"}
+    assert set(out) == {"aiohttp.ClientSession", "tandem Transport"}
     for figures in out.values():
         assert len(figures["cpu_us"]) == 1 and figures["cpu_us"][0] > 0
         assert figures["wall_us"][0] >= figures["cpu_us"][0] * 0.1

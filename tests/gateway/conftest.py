@@ -11,7 +11,6 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import grpc
 import pytest
-import uvloop
 from openai import AsyncOpenAI
 
 from gateway.config import GatewayConfig
@@ -24,10 +23,7 @@ CONTEXT = 4096
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
-    """The engine client's tests run on asyncio's loop and on uvloop (what the processes run);
-    the rest on asyncio's."""
-    if item.path.name == "test_engine_http.py":
-        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    """The gateway's tests run on asyncio's loop."""
     return {"asyncio": asyncio.new_event_loop}
 
 

@@ -30,6 +30,10 @@ class _Response:
     async def readany(self) -> bytes:
         return self._reads.pop(0) if self._reads else b""
 
+    async def drain(self) -> None:
+        self._reads.clear()
+        self.released = True
+
     def release(self) -> None:
         self.released = True
 
