@@ -111,11 +111,14 @@ class StreamWriter:
         return Outcome.COMPLETE
 
     async def _finish(self, stream: Stream, pending: list[bytes]) -> None:
-        # The last chunk and the end of the chunked body go out in one write.
+        # The last chunk, then the end of the chunked body in a send of its own, as the real
+        # servers do (uvicorn under vLLM, Go's net/http under Ollama): a client that stops
+        # reading at the last event and does not read the body's end loses its connection.
         if not self.prepared:
             await self.response.prepare(self.request)
             self.prepared = True
-        await self.response.write_eof(stream.frame(pending))
+        await self.response.write(stream.frame(pending))
+        await self.response.write_eof()
 
     async def disconnect(self) -> None:
         """Closes the connection abruptly: what was written goes out, the stream never ends."""
