@@ -651,10 +651,18 @@ def profile_section(res: dict[str, Any]) -> list[str]:
 # --- the documents ---------------------------------------------------------------------------------------
 
 
-def _simulators_section(existing: str) -> str:
-    """The hand-written `## Simulators` section of the current document, kept as it is."""
-    m = re.search(r"^## Simulators\n.*?(?=^## |\Z)", existing, flags=re.S | re.M)
-    return m.group(0).rstrip() + "\n" if m else ""
+# Hand-written sections of the current document, kept as they are (a recorded measurement and
+# its reading, the simulators' notes).
+KEPT = ("## Engine hop: EngineClient vs aiohttp's client, side by side", "## Simulators")
+
+
+def _kept_sections(existing: str) -> list[str]:
+    found = []
+    for title in KEPT:
+        m = re.search(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", existing, flags=re.S | re.M)
+        if m:
+            found.append(m.group(0).rstrip() + "\n")
+    return found
 
 
 def document(res: dict[str, Any], existing: str = "") -> str:
@@ -665,7 +673,7 @@ def document(res: dict[str, Any], existing: str = "") -> str:
         "# Benchmarks",
         "",
         "Written by `python -m bench.run_all` (see `bench/README.md`); do not edit by hand except the",
-        "`## Simulators` section, which the runner keeps.",
+        "sections it keeps: " + ", ".join(f"`{t}`" for t in KEPT) + ".",
         "",
         "## The run",
         "",
@@ -718,7 +726,7 @@ def document(res: dict[str, Any], existing: str = "") -> str:
         lines += [res["balancer"].strip().replace("## Balancer", "### Balancer"), ""]
     if res.get("client_cost"):
         lines += [
-            "### The engine hop: CPU per call of the HTTP client (`bench/client_cost.py`)",
+            "### The engine hop: EngineClient vs aiohttp's client (`bench/client_cost.py`)",
             "",
             res["client_cost"].strip(),
             "",
@@ -729,9 +737,7 @@ def document(res: dict[str, Any], existing: str = "") -> str:
             "",
         ]
     lines += profile_section(res)
-    sims = _simulators_section(existing)
-    if sims:
-        lines += [sims]
+    lines += _kept_sections(existing)
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -12,7 +12,7 @@ Suites, in order (`--only` picks some):
   (`bench/lifecycle.py`);
 - `decision`: the route decision (`bench/bench_decision.py`);
 - `balancer`: litellm.Router's choice per request (`bench/bench_balancer.py`), and what one
-  engine call costs with aiohttp's client and with the gateway's (`bench/client_cost.py`);
+  engine hop costs with aiohttp's client and with the gateway's, side by side (`bench/client_cost.py`);
 - `registry`: model pull throughput against curl, bytes per update, resume after a kill
   (`bench/registry_pull.py`, a 1 GiB artifact; `--skip-pull` leaves it out).
 
@@ -323,7 +323,7 @@ def run_decision_suite(args: argparse.Namespace, placement: Placement, results: 
 def run_balancer_suite(args: argparse.Namespace, placement: Placement, results: dict[str, Any]) -> None:
     sizes = ["--iterations", "40", "--rounds", "1"] if args.quick else ["--rounds", str(args.repeats)]
     results["balancer"] = _module(["bench.bench_balancer", *sizes], placement.server, 1800)
-    calls = ["--requests", "100", "--rounds", "1"] if args.quick else ["--rounds", str(args.repeats)]
+    calls = ["--quick"] if args.quick else ["--rounds", str(args.repeats)]
     results["client_cost"] = _module(["bench.client_cost", *calls], placement.server, 900)
 
 

@@ -151,32 +151,31 @@ class Transport:
     def __init__(self, config: HttpClient | None = None) -> None:
         self.config = config or HttpClient()
         self._session: aiohttp.ClientSession | None = None
+        self._connector: _Connector | None = None
+        self._opened_before = 0  # by sessions closed since
         self._proxies: dict[tuple[str, str], URL | None] = {}
-        self.connections_opened = 0  # for tests and benchmarks: how often reuse failed
 
     def _started(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
+            self._connector = _Connector(
                 keepalive_timeout=self.config.idle_seconds,
                 limit=self.config.max_connections,
                 limit_per_host=0,
-                enable_cleanup_closed=False,
             )
-            trace = aiohttp.TraceConfig()
-            trace.on_connection_create_end.append(self._count_connection)
             self._session = aiohttp.ClientSession(
-                connector=connector,
+                connector=self._connector,
                 trust_env=False,  # proxies are resolved here, with the config's override
                 auto_decompress=False,  # bodies are relayed as the server sent them
                 skip_auto_headers=("User-Agent",),
-                trace_configs=[trace],
                 # A request's own `timeout` replaces this; none given means no limit.
                 timeout=aiohttp.ClientTimeout(total=None),
             )
         return self._session
 
-    async def _count_connection(self, *_: Any) -> None:
-        self.connections_opened += 1
+    @property
+    def connections_opened(self) -> int:
+        """TCP connections opened so far (tests and benchmarks check reuse with it)."""
+        return self._opened_before + (self._connector.opened if self._connector else 0)
 
     async def request(
         self,
@@ -229,7 +228,24 @@ class Transport:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._connector is not None:
+            self._opened_before += self._connector.opened
+            self._connector = None
         await asyncio.sleep(0)  # let the transports finish closing
+
+
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's connector, counting the connections it opens.
+
+    Counted here rather than with a `TraceConfig`, which would send its signals on every
+    request; `_create_connection` is called once per new connection only.
+    """
+
+    opened = 0
+
+    async def _create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        self.opened += 1
+        return await super()._create_connection(*args, **kwargs)
 
 
 def proxy_for(url: URL, config: HttpClient, env: Mapping[str, str]) -> URL | None:

@@ -39,12 +39,26 @@ def test_registry_pull_reports_throughput_updates_and_resume(tmp_path: Path) -> 
     assert figures["resume"]["total"] > 0
 
 
-def test_client_cost_measures_both_clients_on_the_simulator() -> None:
-    out = json.loads(bench_module("bench.client_cost", "--requests", "20", "--rounds", "1", "--json"))
-    assert set(out) == {"aiohttp.ClientSession", "tandem Transport"}
-    for figures in out.values():
-        assert len(figures["cpu_us"]) == 1 and figures["cpu_us"][0] > 0
-        assert figures["wall_us"][0] >= figures["cpu_us"][0] * 0.1
+def test_client_cost_measures_both_clients_side_by_side() -> None:
+    out = json.loads(bench_module("bench.client_cost", "--quick", "--requests", "20", "--json"))
+    assert out["machine"]["cores"] and out["machine"]["load_start"]
+    keys = [c["key"] for c in out["cases"]]
+    assert keys == [
+        "nonstream_c1", "nonstream_c64", "paced25_c1", "paced50_c1", "paced25_c64", "paced50_c64", "burst_c64"
+    ]  # fmt: skip
+    for case in out["cases"]:
+        assert set(case["clients"]) == {"aiohttp.ClientSession", "tandem Transport"}
+        for figures in case["clients"].values():
+            assert len(figures["cpu_us_per_call"]) == 1 and figures["cpu_us_per_call"][0] > 0
+            assert figures["wall_us_per_call"][0] > 0
+            # The warm-up opens one connection per task; the measured calls reuse them.
+            assert figures["connections_warmup"] == [case["concurrency"]]
+            assert figures["connections_measured"] == [0]
+            if case["stream"]:
+                assert figures["cpu_us_per_token"][0] > 0
+    paced = next(c for c in out["cases"] if c["key"] == "paced25_c1")
+    for figures in paced["clients"].values():  # the pacing held: 8 tokens at 25/s take >= 280 ms
+        assert figures["ms_per_stream"][0] >= 280
 
 
 def test_profile_summary_shares_samples_by_function_and_area() -> None:
@@ -63,7 +77,8 @@ def test_profile_summary_shares_samples_by_function_and_area() -> None:
 
 def test_run_all_writes_the_report_and_the_readme_section(tmp_path: Path) -> None:
     results, out, readme = tmp_path / "latest.json", tmp_path / "benchmarks.md", tmp_path / "README.md"
-    out.write_text("# Benchmarks\n\n## Simulators\n\nHand-written.\n")
+    hop = "## Engine hop: EngineClient vs aiohttp's client, side by side\n\nRecorded.\n"
+    out.write_text(f"# Benchmarks\n\n{hop}\n## Simulators\n\nHand-written.\n")
     readme.write_text("# Project\n")
     args = ["--quick", "--only", "decision", "--results", str(results)]
     args += ["--out", str(out), "--readme", str(readme)]
@@ -73,6 +88,7 @@ def test_run_all_writes_the_report_and_the_readme_section(tmp_path: Path) -> Non
     text = out.read_text()
     assert "## Headline" in text and "### Route decision" in text
     assert "## Simulators\n\nHand-written." in text  # kept
+    assert hop in text
     bench_module("bench.run_all", "--report-only", *args)  # written again from the JSON
     assert readme.read_text().count(report.BEGIN) == 1
     assert readme.read_text().startswith("# Project\n")
