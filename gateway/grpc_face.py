@@ -6,8 +6,10 @@ decision, which is also sent as trailing metadata `x-tandem-route`. The engine's
 travels in that last chunk, so a short answer read in one go is a single message.
 
 Every call authenticates its caller from the metadata `authorization: Bearer <key>` (what the
-edge agent's uplink sends) or `x-api-key: <key>`. `Heartbeat` records the edge's status in the
-fleet store and answers with the model version the edge should serve.
+edge agent's uplink sends) or `x-api-key: <key>`, gets a request id (sent back as trailing
+metadata `x-request-id`) and is counted: `gateway.grpc_interceptors` does that around each
+method. `Heartbeat` records the edge's status in the fleet store and answers with the model
+version the edge should serve.
 """
 
 from __future__ import annotations
@@ -18,126 +20,74 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from structlog.contextvars import bind_contextvars
 
 from gateway import fleet
-from gateway.auth import credential
 from gateway.config import TLS
 from gateway.fleet import EdgeStatus, FleetStore, ServedModel
+from gateway.grpc_interceptors import current_call, interceptors
 from gateway.service import GatewayService
-from gateway.state import Tenant
 from tandem.chat import Chunk, Usage
-from tandem.errors import BadRequest, TandemError
-from tandem.logs import bind_request, get_logger, new_request_id
+from tandem.errors import BadRequest
 from tandem.v1 import gateway_pb2 as pb
 from tandem.v1 import gateway_pb2_grpc as pb_grpc
 from tandem.wire import protobuf as wire
-
-log = get_logger("tandem.gateway.grpc")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Gateway"].full_name
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 class GatewayServicer(pb_grpc.GatewayServicer):
+    """The Gateway service's methods, each only its own work: the interceptors authenticate the
+    caller (`current_call().tenant`), give the call its request id, log context and metrics, and
+    turn a raised `TandemError` into its gRPC status."""
+
     def __init__(self, service: GatewayService, fleet_store: FleetStore) -> None:
         self.service = service
         self.fleet = fleet_store
 
-    async def _abort(self, context: grpc.aio.ServicerContext, err: TandemError) -> None:
-        context.set_trailing_metadata(wire.error_trailers(err))
-        await context.abort(wire.error_code(err), err.message)
-
-    async def _tenant(self, context: grpc.aio.ServicerContext) -> Tenant | None:
-        """The caller's tenant (None with authentication off); raises `Unauthenticated`."""
-        auth = self.service.auth
-        if not auth.required:
-            return None
-        authorization = api_key = None
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                authorization = value
-            elif key == "x-api-key":
-                api_key = value
-        tenant = await auth.authenticate(credential(_text(authorization), _text(api_key)))
-        if tenant is not None:
-            bind_contextvars(tenant=tenant.name)
-        return tenant
-
     async def Chat(
         self, request: pb.ChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ChatChunk]:
-        request_id = request.request_id or new_request_id()
-        bind_request(request_id)
-        metrics = self.service.metrics
-        try:
-            tenant = await self._tenant(context)
-            req = wire.request_from_pb(request)
-            req.request_id = request_id
-            if tenant is not None:
-                req.tenant = tenant.name
-            stream = await self.service.stream(req, tenant)
-        except TandemError as err:
-            metrics.requests.labels("grpc", "", "", "", wire.error_code(err).name).inc()
-            log.info("request_refused", code=wire.error_code(err).name, error=err.message)
-            await self._abort(context, err)
-            return
-        decision = stream.decision
-        route = decision.header()
+        call = current_call()
+        req = wire.request_from_pb(request)
+        req.request_id = call.request_id
+        if call.tenant is not None:
+            req.tenant = call.tenant.name
+        stream = await self.service.stream(req, call.tenant)
+        call.decision = stream.decision  # the route: trailing metadata and metric labels
         usage: Usage | None = None
         finish = ""
         tail = Chunk()  # what the engine's final batch said: it leaves with the last message
-        try:
-            async for batch in stream.batches():
-                merged = _merge(batch)
-                if merged.usage is not None:
-                    usage = merged.usage
-                    merged.usage = None
-                finish = merged.finish_reason or finish
-                if merged.final:
-                    tail = merged
-                elif merged.content or merged.reasoning or merged.tool_calls:
-                    yield wire.chunk_to_pb(
-                        merged, response_id=stream.id, model=stream.model, created=stream.created
-                    )
-        except TandemError as err:
-            metrics.requests.labels(
-                "grpc", decision.target.value, decision.mode.value, decision.reason, wire.error_code(err).name
-            ).inc()
-            context.set_trailing_metadata((("x-tandem-route", route), *wire.error_trailers(err)))
-            await context.abort(wire.error_code(err), err.message)
-            return
+        async for batch in stream.batches():
+            merged = _merge(batch)
+            if merged.usage is not None:
+                usage = merged.usage
+                merged.usage = None
+            finish = merged.finish_reason or finish
+            if merged.final:
+                tail = merged
+            elif merged.content or merged.reasoning or merged.tool_calls:
+                yield wire.chunk_to_pb(
+                    merged, response_id=stream.id, model=stream.model, created=stream.created
+                )
         last = wire.chunk_to_pb(tail, response_id=stream.id, model=stream.model, created=stream.created)
         last.finish_reason = finish or "stop"
-        last.route.CopyFrom(wire.decision_to_pb(decision))
+        last.route.CopyFrom(wire.decision_to_pb(stream.decision))
         if usage is not None:
             last.usage.CopyFrom(wire.usage_to_pb(usage))
-        context.set_trailing_metadata((("x-tandem-route", route),))
-        metrics.requests.labels(
-            "grpc", decision.target.value, decision.mode.value, decision.reason, "OK"
-        ).inc()
         yield last
 
     async def Classify(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> pb.RouteDecision:
-        try:
-            tenant = await self._tenant(context)
-            decision, _ = self.service.decide(wire.request_from_pb(request), tenant)
-        except TandemError as err:
-            await self._abort(context, err)
-            raise AssertionError("unreachable") from None
-        context.set_trailing_metadata((("x-tandem-route", decision.header()),))
+        call = current_call()
+        decision, _ = self.service.decide(wire.request_from_pb(request), call.tenant)
+        call.decision = decision
         return wire.decision_to_pb(decision)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        try:
-            tenant = await self._tenant(context)
-        except TandemError as err:
-            await self._abort(context, err)
-            raise AssertionError("unreachable") from None
         out = pb.ListModelsResponse()
-        for pool in self.service.visible_pools(tenant):
+        for pool in self.service.visible_pools(current_call().tenant):
             caps = ["completion", "tools"] + (["thinking"] if pool.supports_thinking_switch else [])
             for name in (pool.name, *pool.aliases):
                 out.models.add(
@@ -148,15 +98,10 @@ class GatewayServicer(pb_grpc.GatewayServicer):
     async def Heartbeat(
         self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> pb.HeartbeatResponse:
-        try:
-            await self._tenant(context)
-            if not request.edge_id or len(request.edge_id) > 256:
-                raise BadRequest("edge_id is required (at most 256 characters)")
-            if len(request.group) > 128 or len(request.models) > 256:
-                raise BadRequest("group is at most 128 characters, models at most 256 entries")
-        except TandemError as err:
-            await self._abort(context, err)
-            raise AssertionError("unreachable") from None
+        if not request.edge_id or len(request.edge_id) > 256:
+            raise BadRequest("edge_id is required (at most 256 characters)")
+        if len(request.group) > 128 or len(request.models) > 256:
+            raise BadRequest("group is at most 128 characters, models at most 256 entries")
         status = EdgeStatus(
             edge_id=request.edge_id,
             group=request.group or fleet.DEFAULT_GROUP,
@@ -175,10 +120,6 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             interval_seconds=self.service.config.fleet.heartbeat_seconds,
             server_time_unix=int(time.time()),
         )
-
-
-def _text(value: str | bytes | None) -> str | None:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 def _merge(batch: list[Chunk]) -> Chunk:
@@ -205,6 +146,7 @@ def build_server(
     """The gRPC server with every service registered (not yet bound or started)."""
     keepalive_ms = int(service.config.grpc.keepalive_seconds * 1000)
     server = grpc.aio.server(
+        interceptors=interceptors(service.auth, service.metrics),
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -214,7 +156,7 @@ def build_server(
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ]
+        ],
     )
     pb_grpc.add_GatewayServicer_to_server(GatewayServicer(service, fleet_store), server)
     health_servicer = health.aio.HealthServicer()
