@@ -20,9 +20,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 import click
 import yaml
+
+from tandem.transport import Transport, Unreachable
 
 LOCAL_MODEL = "qwen3:14b"
 CLOUD_MODEL = "Qwen/Qwen3-14B"
@@ -79,14 +80,19 @@ async def _listening_url(part: Part, timeout_s: float) -> str:
 
 async def _wait_ready(part: Part, url: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as s:
+    transport = Transport()
+    try:
         while time.monotonic() < deadline:
             _check_alive(part)
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with s.get(url) as r:
-                    if r.status == 200:
-                        return
+            with contextlib.suppress(Unreachable, TimeoutError):
+                r = await transport.request("GET", url, total_s=1.0)
+                await r.read()
+                r.release()
+                if r.status == 200:
+                    return
             await asyncio.sleep(0.1)
+    finally:
+        await transport.close()
     raise click.ClickException(f"{part.name} was not ready within {timeout_s:g}s")
 
 

@@ -13,7 +13,8 @@ from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from tandem.transport import ClientTLS, HttpClient, Transport, Unreachable, proxy_for
-from tests.transport.conftest import Proxy, RawServer, TlsServer
+from tests.conftest import Proxy
+from tests.transport.conftest import RawServer, TlsServer
 
 
 @pytest.fixture
