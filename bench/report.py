@@ -726,7 +726,7 @@ def document(res: dict[str, Any], existing: str = "") -> str:
         lines += [res["balancer"].strip().replace("## Balancer", "### Balancer"), ""]
     if res.get("client_cost"):
         lines += [
-            "### The engine hop: EngineClient vs aiohttp's client (`bench/client_cost.py`)",
+            "### The engine hop: Tandem's Transport vs bare aiohttp (`bench/client_cost.py`)",
             "",
             res["client_cost"].strip(),
             "",

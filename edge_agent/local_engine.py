@@ -1,4 +1,4 @@
-"""The local engine: the Ollama beside the edge agent, over its REST API (`EngineClient`).
+"""The local engine: the Ollama beside the edge agent, over its REST API (through the edge's `Transport`).
 
 What it knows: which models Ollama has (`/api/tags`) and, per model, its context length and
 whether it can think (`/api/show`, read again only when a model's digest changes); whether

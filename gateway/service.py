@@ -13,8 +13,8 @@ HTTP faces, which only convert wire formats. For each request it:
    and when it ends settles the tenant's limits (actual tokens, stream slot released).
 
 The faces authenticate the caller (`service.auth`) and pass its tenant in; with `auth.required`
-off the tenant is None and no tenant rules apply. Importing this module must stay light (the
-edge agent imports it): the shared state, and with it redis, is imported when a service is built.
+off the tenant is None and no tenant rules apply. The shared state, and with it redis, is
+imported when a service is built, so importing this module stays light for the commands.
 """
 
 from __future__ import annotations

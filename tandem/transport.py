@@ -58,9 +58,13 @@ class ClientTLS(Section):
     )
 
     @model_validator(mode="after")
-    def _pair(self) -> ClientTLS:
+    def _files(self) -> ClientTLS:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together")
+        for name in ("ca_file", "cert_file", "key_file"):  # at start, not at the first request
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: no such file: {path}")
         return self
 
 

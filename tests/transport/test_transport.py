@@ -384,3 +384,8 @@ def test_which_proxy_a_request_takes(
 def test_a_proxy_must_be_an_http_url() -> None:
     with pytest.raises(ValueError, match="proxy must be"):
         HttpClient(proxy="socks5://p:1080")
+
+
+def test_a_missing_tls_file_is_a_config_error_at_start(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="ca_file: no such file"):
+        ClientTLS(ca_file=tmp_path / "absent.pem")
