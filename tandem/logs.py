@@ -10,12 +10,13 @@ pipeline, so their lines are redacted and formatted too.
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import logging
 import os
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import structlog
@@ -97,6 +98,25 @@ def configure(*, fmt: str | None = None, level: str | None = None, stream: Any =
     # Libraries that are chatty at INFO about things the gateway logs itself.
     for noisy in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx", "httpcore", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(lvl, logging.WARNING))
+
+
+def adopt_library_loggers(*names: str) -> None:
+    """Sends the named libraries' loggers through this process's handler only.
+
+    Some libraries attach a handler of their own at import (litellm prints plain text to stderr
+    from "LiteLLM", "LiteLLM Router" and "LiteLLM Proxy"): those lines would bypass the JSON
+    format and the redaction, and appear twice. Call this after importing such a library.
+    """
+    for name in names:
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+
+
+def outside_requests(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Calls `fn` with no request bound: for process-level events (state lost or recovered)
+    that a request merely happened to notice, so their log lines carry no request's id."""
+    return contextvars.Context().run(fn, *args, **kwargs)
 
 
 def bind_request(request_id: str, **fields: Any) -> None:

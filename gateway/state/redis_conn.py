@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,7 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from gateway.config import Redis as RedisConfig
-from tandem.logs import get_logger
+from tandem.logs import get_logger, outside_requests
 from tandem.metrics import Metrics
 
 log = get_logger("tandem.gateway.state")
@@ -130,7 +131,7 @@ class StateHealth:
             self._metrics.state_degraded.set(1)
         detail = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         if self._log:
-            log.warning("state_degraded", error=detail, meanwhile=self._fallback)
+            outside_requests(log.warning, "state_degraded", error=detail, meanwhile=self._fallback)
 
     def up(self) -> None:
         if not self.degraded:
@@ -142,7 +143,7 @@ class StateHealth:
         if self._metrics is not None:
             self._metrics.state_degraded.set(0)
         if self._log:
-            log.warning("state_recovered", away_s=round(away, 3))
+            outside_requests(log.warning, "state_recovered", away_s=round(away, 3))
 
 
 class Script:
@@ -224,7 +225,10 @@ class RedisState:
     def _start_probe(self) -> None:
         if self._probe is None or self._probe.done():
             with contextlib.suppress(RuntimeError):  # no running loop: a CLI's last call
-                self._probe = asyncio.get_running_loop().create_task(self._probe_until_up())
+                # A fresh context: the probe outlives the request that noticed the outage.
+                self._probe = asyncio.get_running_loop().create_task(
+                    self._probe_until_up(), context=contextvars.Context()
+                )
 
     async def _probe_until_up(self) -> None:
         while self.health.degraded:

@@ -78,3 +78,30 @@ def test_console_format_is_readable() -> None:
     structlog.reset_defaults()
     out = stream.getvalue()
     assert "hello" in out and not out.lstrip().startswith("{") and "tdm-abcdefgh12345678" not in out
+
+
+def test_a_library_with_its_own_handler_logs_only_through_ours(
+    captured: io.StringIO, capsys: pytest.CaptureFixture[str]
+) -> None:
+    chatty = logging.getLogger("tandem.test.chatty")
+    chatty.addHandler(logging.StreamHandler())  # what litellm does to its loggers at import
+    try:
+        logs.adopt_library_loggers("tandem.test.chatty")
+        chatty.warning("retrying with key sk-0123456789abcdef")
+    finally:
+        chatty.handlers.clear()
+    (line,) = lines(captured)
+    assert line["event"] == "retrying with key [redacted]"  # through our redaction
+    assert capsys.readouterr().err == ""  # no plain-text copy on stderr
+
+
+def test_process_events_carry_no_request_of_their_own(captured: io.StringIO) -> None:
+    from gateway.state.redis_conn import StateHealth
+
+    health = StateHealth()
+    logs.bind_request("req-unrelated", tenant="acme")
+    health.down("connection refused")
+    health.up()
+    events = {line["event"]: line for line in lines(captured)}
+    for name in ("state_degraded", "state_recovered"):
+        assert "request_id" not in events[name] and "tenant" not in events[name]
