@@ -17,10 +17,13 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
+import orjson
 import yaml
 
 from tandem.transport import Transport, Unreachable
@@ -78,22 +81,31 @@ async def _listening_url(part: Part, timeout_s: float) -> str:
     raise click.ClickException(f"{part.name} did not start within {timeout_s:g}s")
 
 
-async def _wait_ready(part: Part, url: str, timeout_s: float) -> None:
+async def _wait_ready(
+    part: Part, url: str, timeout_s: float, *, until: Callable[[dict[str, Any]], bool] = lambda _: True
+) -> None:
+    """Polls `url` until it answers 200 with a JSON body for which `until` holds."""
     deadline = time.monotonic() + timeout_s
     transport = Transport()
     try:
         while time.monotonic() < deadline:
             _check_alive(part)
-            with contextlib.suppress(Unreachable, TimeoutError):
+            with contextlib.suppress(Unreachable, TimeoutError, orjson.JSONDecodeError):
                 r = await transport.request("GET", url, total_s=1.0)
-                await r.read()
+                body = await r.read()
                 r.release()
-                if r.status == 200:
+                if r.status == 200 and until(orjson.loads(body)):
                     return
             await asyncio.sleep(0.1)
     finally:
         await transport.close()
     raise click.ClickException(f"{part.name} was not ready within {timeout_s:g}s")
+
+
+def _uplink_closed(readyz: dict[str, Any]) -> bool:
+    # The edge's breaker opened while the gateway was still starting; until a probe closes it,
+    # thinking work would run locally (reason=degraded). The banner waits for that.
+    return bool(readyz.get("uplink", {}).get("breaker") == "closed")
 
 
 def _check_alive(part: Part) -> None:
@@ -221,6 +233,7 @@ async def run_stack(
             # The gateway imports litellm (several seconds); the edge is up long before.
             await _wait_ready(edge, f"http://127.0.0.1:{edge_port}/readyz", 60)
             await _wait_ready(gateway, f"http://127.0.0.1:{http_port}/readyz", 120)
+            await _wait_ready(edge, f"http://127.0.0.1:{edge_port}/readyz", 30, until=_uplink_closed)
             click.echo(_banner(edge_port, http_port, grpc_port, parts))
             if ready_file is not None:
                 await asyncio.to_thread(ready_file.write_text, "ready\n")

@@ -46,6 +46,11 @@ async def test_up_serves_both_apis_through_edge_and_gateway_and_stops_on_sigterm
             await asyncio.sleep(0.1)
         assert ready.exists(), "tandem up never became ready"
         async with AsyncOpenAI(base_url=f"http://127.0.0.1:{edge}/v1", api_key="x", max_retries=0) as client:
+            # Right after the banner, thinking work already goes up (not run locally, degraded).
+            thinking = await client.chat.completions.with_raw_response.create(
+                model="qwen3:14b", messages=[{"role": "user", "content": "Prove 2 is prime. /think"}]
+            )
+            assert thinking.headers["x-tandem-route"] == "target=cloud; mode=thinking; reason=soft_switch"
             raw = await client.chat.completions.with_raw_response.create(
                 model="qwen3:14b", messages=[{"role": "user", "content": "Say hello /no_think"}]
             )
