@@ -321,6 +321,9 @@ class BlobFetcher:
                         unreported = 0
             finally:
                 await writer.flush()
+            # Closing a file with fresh dirty pages can take milliseconds: not on the loop.
+            closing, fd = fd, -1
+            await asyncio.get_running_loop().run_in_executor(self._pool, os.close, closing)
         except _TooLong:
             os.close(fd)
             fd = -1
