@@ -58,7 +58,7 @@ log = structlog.get_logger("registry.download")
 _HASH_READ = 1 << 20
 _REPORT_EVERY = 4 << 20  # progress and rate-limit bookkeeping per 4 MiB, not per read
 # Bytes received but not yet hashed and written, per transfer, before reading waits.
-_MAX_PENDING = 4 << 20
+_MAX_PENDING = 1 << 20
 
 
 class _Transient(Exception):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from registry import download
 from registry.auth import Credentials, RegistryAuth
 from registry.download import BlobFetcher
 from registry.errors import AuthFailed
@@ -190,3 +191,44 @@ async def test_a_cancelled_transfer_stops_at_once_and_resumes_later(serve: Serve
     moved = await fetch(fetcher(server.url), store)
     assert moved == len(DATA) - len(DATA) // 2
     assert store.read_blob(DIGEST) == DATA
+
+
+async def test_memory_stays_flat_when_the_disk_is_slower_than_the_network(
+    serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transfer holds at most `_MAX_PENDING` bytes received but not yet written: past that it
+    stops reading (and the transport's flow control holds the sender)."""
+    piece = bytes(range(256)) * 1024  # 256 KiB
+    count = 128  # 32 MiB
+    digest = "sha256:" + hashlib.sha256(piece * count).hexdigest()
+
+    async def big(request: web.Request, _: Server) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": str(len(piece) * count)})
+        await resp.prepare(request)
+        for _ in range(count):
+            await resp.write(piece)
+        return resp
+
+    backlog: list[int] = []
+    slow_work = download._Writer._work
+    add = download._Writer.add
+
+    def work(self: download._Writer, pieces: list[bytes]) -> None:
+        time.sleep(0.005)  # a slow disk
+        slow_work(self, pieces)
+
+    async def noted_add(self: download._Writer, p: bytes) -> None:
+        await add(self, p)
+        backlog.append(self._queued)
+
+    monkeypatch.setattr(download._Writer, "_work", work)
+    monkeypatch.setattr(download._Writer, "add", noted_add)
+    server = await serve(big)
+    store = Store(tmp_path / "store")
+    f = fetcher(server.url)
+    try:
+        await f.fetch(digest, len(piece) * count, "big", store, NullProgress(), lambda: None)
+    finally:
+        await close(f)
+    assert store.has(digest)
+    assert max(backlog) <= 2 << 20  # unbounded, it reaches ~28 MiB here
