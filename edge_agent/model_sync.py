@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,6 +47,7 @@ from registry.ollama_register import OllamaTarget, Registration, register
 from registry.pull import PullResult, RegistryClient, execute_pull, plan_pull
 from registry.reference import Reference, parse_reference
 from registry.store import Store
+from tandem.transport import ClientTLS, HttpClient, Transport
 
 log = structlog.get_logger("edge_agent.model_sync")
 
@@ -65,6 +67,7 @@ class ModelSyncConfig(BaseModel):
     state_file: Path | None = None  # default: <store_dir>/sync-state.json
     ollama_url: str | None = None  # default: the edge's ollama.url
     plain_http: bool = False
+    tls: ClientTLS | None = Field(None, description="the registry's CA / client certificate (https)")
     concurrency: int = Field(4, ge=1, le=64)
     max_rate: int | None = Field(None, gt=0, description="download cap in bytes/s")
     min_free_bytes: int = Field(0, ge=0)
@@ -117,8 +120,13 @@ def versioned_name(served: str, digest: str) -> str:
 class ModelSync:
     """Background sync of one served model. One instance per served name."""
 
-    def __init__(self, config: ModelSyncConfig, *, ollama_url: str | None = None) -> None:
+    def __init__(
+        self, config: ModelSyncConfig, *, ollama_url: str | None = None, transport: Transport | None = None
+    ) -> None:
+        """`transport`: the edge's one outbound transport (`EdgeService.transport`), used for
+        the registry and Ollama alike; without one, each sync makes its own and closes it."""
         self.config = config
+        self.transport = transport
         self.store = Store(config.store_dir, min_free_bytes=config.min_free_bytes)
         self._state_path = config.state_file or config.store_dir / "sync-state.json"
         self._ollama_url = config.ollama_url or ollama_url or "http://127.0.0.1:11434"
@@ -132,6 +140,18 @@ class ModelSync:
         self._next_attempt_at: float | None = None
         self.last_pull: PullResult | None = None
         self.last_registration: Registration | None = None
+
+    @contextlib.asynccontextmanager
+    async def _transport(self) -> AsyncIterator[Transport]:
+        """The edge's transport, or one for this sync (closed after it) when none was given."""
+        if self.transport is not None:
+            yield self.transport
+            return
+        own = Transport(HttpClient())
+        try:
+            yield own
+        finally:
+            await own.close()
 
     # ------------------------------------------------------------------ state file
 
@@ -249,8 +269,15 @@ class ModelSync:
     async def _sync(self, ref: Reference) -> Outcome:
         served = self.config.served_name
         async with (
-            RegistryClient(ref, plain_http=self.config.plain_http, max_rate=self.config.max_rate) as client,
-            OllamaTarget(self._ollama_url) as ollama,
+            self._transport() as transport,
+            RegistryClient(
+                ref,
+                transport=transport,
+                plain_http=self.config.plain_http,
+                tls=self.config.tls,
+                max_rate=self.config.max_rate,
+            ) as client,
+            OllamaTarget(self._ollama_url, transport=transport) as ollama,
         ):
             plan = await plan_pull(client, self.store)
             current = self.state.current
@@ -295,7 +322,10 @@ class ModelSync:
             previous, current = self.state.previous, self.state.current
             if previous is None:
                 raise RegistryError("no previous version to roll back to")
-            async with OllamaTarget(self._ollama_url) as ollama:
+            async with (
+                self._transport() as transport,
+                OllamaTarget(self._ollama_url, transport=transport) as ollama,
+            ):
                 await ollama.switch(previous.ollama_model, self.config.served_name)
             pinned = parse_reference(previous.reference)
             self.state.desired = str(pinned.with_digest(previous.digest))

@@ -161,7 +161,9 @@ class EdgeServer:
         from edge_agent.model_sync import ModelSync, ModelSyncConfig
 
         sync = ModelSync(
-            ModelSyncConfig.model_validate(self.config.model_sync), ollama_url=self.config.ollama.url
+            ModelSyncConfig.model_validate(self.config.model_sync),
+            ollama_url=self.config.ollama.url,
+            transport=self.service.transport,  # the edge's one outbound transport
         )
         self.model_sync = sync
 

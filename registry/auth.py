@@ -9,9 +9,10 @@ Credentials come from the environment first, then from a docker-style config fil
   docker credential helpers (`credHelpers`, `credsStore`).
 
 Push speaks to the registry through oras-py (`oras_registry` configures its auth backend);
-pull fetches manifests with httpx (`RegistryAuth` answers Basic and Bearer challenges) and
-its layer transfers send the header that answer produced (`RegistryAuth.header`). Secrets are
-never logged and never part of a repr.
+pull goes over Tandem's one outbound `Transport` (`tandem.transport`): `RegistryAuth` answers
+Basic and Bearer challenges (the token request too goes over the `Transport`) and every
+manifest and layer request sends the header that answer produced (`RegistryAuth.header`).
+Secrets are never logged and never part of a repr.
 """
 
 from __future__ import annotations
@@ -21,15 +22,17 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import AsyncGenerator, Generator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import structlog
+from yarl import URL
 
-from registry.errors import AuthFailed
+from registry.errors import AuthFailed, ManifestRejected
+from registry.http import MAX_ERROR_BODY, read_capped
+from tandem.transport import ClientTLS, Transport
 
 log = structlog.get_logger("registry.auth")
 
@@ -148,17 +151,18 @@ def _from_helper(helper: str, registry: str) -> Credentials | None:
     )
 
 
-# ----------------------------------------------------------------------------- httpx
+# ----------------------------------------------------------------------------- challenge
 
 
 _PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 
-class RegistryAuth(httpx.Auth):
+class RegistryAuth:
     """Answers a registry's 401: Basic with the credentials, or Bearer via the token realm.
 
-    The last working Authorization header is reused on later requests, so a pull of a
-    hundred blobs asks the token server once (and again only when the token expires).
+    The last working Authorization header (`header`) is sent with every later request, so a
+    pull of a hundred blobs asks the token server once (and again only when the token expires).
+    The token request goes over the same `Transport` as the rest of the pull.
     """
 
     def __init__(self, creds: Credentials) -> None:
@@ -167,50 +171,67 @@ class RegistryAuth(httpx.Auth):
 
     @property
     def header(self) -> str | None:
-        """The Authorization header that last worked (for transfers outside httpx), if any."""
+        """The Authorization header that last worked, if any."""
         return self._header
 
-    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        raise NotImplementedError("RegistryAuth is used with httpx.AsyncClient")
+    async def answer(
+        self,
+        challenge: str,
+        transport: Transport,
+        *,
+        tls: ClientTLS | None = None,
+        connect_s: float = 10.0,
+        read_s: float = 30.0,
+    ) -> bool:
+        """Answers `challenge` (a 401's WWW-Authenticate); True when `header` is now worth a retry.
 
-    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        if self._header:
-            request.headers["Authorization"] = self._header
-        response = yield request
-        if response.status_code != 401:
-            return
-        challenge = response.headers.get("WWW-Authenticate", "")
+        False means the caller should report the 401 (no credentials, or the token server
+        refused them). An unreachable token server raises `Unreachable` / `TimeoutError`.
+        """
         scheme = challenge.split(" ", 1)[0].lower()
         if scheme == "basic":
             basic = self._creds.basic
-            if basic is None:
-                return  # the caller sees the 401 and reports missing credentials
+            if basic is None or self._header == f"Basic {basic}":
+                return False  # no credentials, or the ones already sent were refused
             self._header = f"Basic {basic}"
-        elif scheme == "bearer":
-            params = dict(_PARAM.findall(challenge))
-            realm = params.get("realm")
-            if not realm or not realm.startswith(("http://", "https://")):
-                return
-            query = {k: v for k, v in params.items() if k in ("service", "scope")}
-            token_request = httpx.Request("GET", realm, params=query)
-            if self._creds.basic:
-                token_request.headers["Authorization"] = f"Basic {self._creds.basic}"
-            token_response = yield token_request
-            await token_response.aread()
-            if token_response.status_code != 200:
-                return
-            try:
-                body = token_response.json()
-            except ValueError:
-                return
-            token = body.get("token") or body.get("access_token")
-            if not token:
-                return
-            self._header = f"Bearer {token}"
-        else:
-            return
-        request.headers["Authorization"] = self._header
-        yield request
+            return True
+        if scheme != "bearer":
+            return False
+        params = dict(_PARAM.findall(challenge))
+        realm = params.get("realm")
+        if not realm or not realm.startswith(("http://", "https://")):
+            return False
+        query = {k: v for k, v in params.items() if k in ("service", "scope")}
+        url = str(URL(realm).update_query(query)) if query else realm
+        headers = {"Authorization": f"Basic {self._creds.basic}"} if self._creds.basic else {}
+        resp = await transport.request(
+            "GET",
+            url,
+            headers=headers,
+            tls=tls if url.startswith("https://") else None,
+            connect_s=connect_s,
+            read_s=read_s,
+            total_s=read_s * 2,
+        )
+        if resp.status != 200:
+            await resp.drain(MAX_ERROR_BODY)
+            return False
+        try:
+            body = await read_capped(resp, _MAX_TOKEN_BODY, "token answer")
+        except ManifestRejected:
+            return False
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return False
+        token = data.get("token") or data.get("access_token") if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token:
+            return False
+        self._header = f"Bearer {token}"
+        return True
+
+
+_MAX_TOKEN_BODY = 1 << 20
 
 
 # ----------------------------------------------------------------------------- oras

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +25,7 @@ from rich.table import Table
 
 from registry.errors import RegistryError
 from registry.reference import Reference, parse_reference
+from tandem.transport import HttpClient, Transport
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -70,6 +71,16 @@ def _quiet_logs() -> None:
             logger_factory=structlog.PrintLoggerFactory(sys.stderr),
             wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
         )
+
+
+@contextlib.asynccontextmanager
+async def _transport() -> AsyncIterator[Transport]:
+    """The command's one outbound transport (proxies from HTTPS_PROXY / NO_PROXY), closed after."""
+    transport = Transport(HttpClient())
+    try:
+        yield transport
+    finally:
+        await transport.close()
 
 
 def _ref(text: str, **kw: Any) -> Reference:
@@ -233,7 +244,10 @@ def pull(
     async def go() -> tuple[dict[str, Any], list[str]]:
         ref = _ref(reference)
         store = Store(store_dir or default_store())
-        async with RegistryClient(ref, plain_http=plain_http, max_rate=max_rate) as client:
+        async with (
+            _transport() as transport,
+            RegistryClient(ref, transport=transport, plain_http=plain_http, max_rate=max_rate) as client,
+        ):
             plan = await plan_pull(client, store)
             lines = plan.describe()
             plan_json = {
@@ -298,7 +312,10 @@ def inspect(reference: str, plain_http: bool, as_json: bool) -> None:
 
     async def go() -> tuple[str, Any, Any]:
         ref = _ref(reference)
-        async with RegistryClient(ref, plain_http=plain_http) as client:
+        async with (
+            _transport() as transport,
+            RegistryClient(ref, transport=transport, plain_http=plain_http) as client,
+        ):
             _, digest, manifest, config, _ = await fetch_artifact(client, ref.target)
         return digest, manifest, config
 

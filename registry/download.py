@@ -1,16 +1,14 @@
-"""Downloading layers into the store: resumable, verified while streaming, one thread each.
+"""Downloading layers into the store: resumable, verified while streaming, all on the event loop.
 
-Each transfer runs in a thread of its own over a blocking HTTP/1.1 connection (the standard
-library's `http.client`, connections kept alive and reused). The thread reads the body
-straight into one reused 128 KiB buffer, hashes it and writes it at its offset in the partial
-file while the bytes are still in the CPU cache: sha256, socket reads and file writes all
-release the GIL, so transfers run truly in parallel and no byte is copied in Python. This is
-where the CPU goes on an edge box (sha256 alone is ~0.7 CPU-seconds per GiB), and measured on
-the 2-CPU reference VM it costs ~1.5 CPU-seconds per GiB received, hashed and written against
-~1.9 for aiohttp with hashing handed to threads and ~3 for httpx (figures and the comparison
-in docs/model-distribution.md). Manifests, configs and the auth handshake stay on httpx
-(`registry.pull`); a transfer that meets a 401 asks that client to answer the challenge
-(`reauth`) and goes on with the header it got.
+Each transfer is a GET over the process's one outbound `Transport` (`registry.http`: the
+registry's credentials, its 401 challenge answered again when a token expires mid-pull,
+redirects to object storage followed without the credentials). The body is read with
+`readany()` as it arrives; the pieces are handed, in order, to a worker thread that hashes
+them and writes them at their offset in the partial file (sha256 and `pwrite` release the
+GIL), while the loop goes on reading: the network is never read from a thread, and hashing
+never stalls the other transfers. A transfer keeps at most `_MAX_PENDING` bytes between the
+socket and the disk (beyond that it waits for the writer before reading on, and the
+transport's flow control holds the sender), so memory stays flat whatever the layer size.
 
 The guarantees:
 
@@ -22,27 +20,24 @@ The guarantees:
   scratch, a second mismatch is a `DigestMismatch` naming the layer;
 - a registry that announces or sends more bytes than the manifest declares is refused
   (`ManifestRejected`); network errors and 5xx are retried with backoff, resuming each time;
-- memory is one buffer per transfer, whatever the layer size.
+- a cancelled transfer stops at once; what it received is written out first, a valid
+  prefix for the next resume;
+- memory is bounded per transfer, whatever the layer size.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import concurrent.futures
 import hashlib
-import http.client
 import os
-import queue
-import socket
-import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit
 
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -50,22 +45,20 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from registry.errors import (
     DigestMismatch,
     ManifestRejected,
-    RegistryError,
     RegistryUnavailable,
     status_error,
 )
+from registry.http import MAX_ERROR_BODY, RegistryHttp
 from registry.progress import Progress
 from registry.store import Store, disk_errors
+from tandem.transport import Response, Unreachable
 
 log = structlog.get_logger("registry.download")
 
-# Read, hash and write one buffer while it is in L2: on the reference VM 128-256 KiB costs
-# ~1.5 CPU-s/GiB, 1 MiB ~2.2 and 4 MiB ~3.2 (the bytes fall out of cache between steps).
-_BUFFER = 128 << 10
 _HASH_READ = 1 << 20
 _REPORT_EVERY = 4 << 20  # progress and rate-limit bookkeeping per 4 MiB, not per read
-_MAX_REDIRECTS = 5
-_MAX_ERROR_BODY = 64 << 10
+# Bytes received but not yet hashed and written, per transfer, before reading waits.
+_MAX_PENDING = 1 << 20
 
 
 class _Transient(Exception):
@@ -79,28 +72,18 @@ class _Mismatch(Exception):
         self.reason = reason
 
 
-class _Unauthorized(Exception):
-    """The registry answered 401: the auth header must be renewed (`reauth`) first."""
-
-
-class _Stopped(Exception):
-    """The awaiting task was cancelled; the thread leaves the partial file as it is."""
-
-
 class RateLimit:
-    """A shared byte budget per second across all transfers (`--max-rate`); thread-safe."""
+    """A shared byte budget per second across all transfers (`--max-rate`)."""
 
     def __init__(self, rate: int) -> None:
         self._rate = rate
         self._start = time.monotonic()
         self._sent = 0
-        self._lock = threading.Lock()
 
     def pause_for(self, n: int) -> float:
         """Counts `n` bytes; returns how long the caller should sleep to stay within the rate."""
-        with self._lock:
-            self._sent += n
-            return self._sent / self._rate - (time.monotonic() - self._start)
+        self._sent += n
+        return self._sent / self._rate - (time.monotonic() - self._start)
 
 
 @dataclass
@@ -111,93 +94,105 @@ class _Transfer:
     size: int
     label: str
     progress: Progress
-    stop: threading.Event = field(default_factory=threading.Event)
     moved: int = 0  # bytes received over the network, every attempt included
-    conn: http.client.HTTPConnection | None = None  # the connection reading now, if any
-
-    def abort(self) -> None:
-        """Stops the transfer thread at once, even mid-read (shuts its socket down)."""
-        self.stop.set()
-        conn = self.conn
-        if conn is not None and conn.sock is not None:
-            with contextlib.suppress(OSError):
-                conn.sock.shutdown(socket.SHUT_RDWR)
 
 
-class _Connections:
-    """Idle keep-alive connections per origin, shared by the transfer threads."""
+class _Writer:
+    """Hashes and writes a transfer's pieces in order, in a worker thread, behind the reads:
+    the worker takes whatever has queued up since its last pass, until the queue is empty."""
 
-    def __init__(self, timeout: float, ssl_context: ssl.SSLContext | None) -> None:
-        self._timeout = timeout
-        self._ssl = ssl_context
-        self._idle: dict[tuple[str, str], queue.SimpleQueue[http.client.HTTPConnection]] = {}
+    def __init__(self, fd: int, hasher: Any, offset: int, pool: ThreadPoolExecutor) -> None:
+        self._fd = fd
+        self._hasher = hasher
+        self._offset = offset  # the worker's; read by the loop only when no worker runs
+        self._pool = pool
         self._lock = threading.Lock()
+        self._queue: list[bytes] = []
+        self._queued = 0  # bytes received and not yet on disk
+        self._job: concurrent.futures.Future[None] | None = None  # the running worker, if any
+        self._failed: concurrent.futures.Future[None] | None = None  # a worker that raised
 
-    def _queue(self, origin: tuple[str, str]) -> queue.SimpleQueue[http.client.HTTPConnection]:
+    def _work(self, pieces: list[bytes]) -> None:
+        offset = self._offset
+        for piece in pieces:
+            self._hasher.update(piece)
+            _pwrite_all(self._fd, memoryview(piece), offset)
+            offset += len(piece)
+        self._offset = offset
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                pieces, self._queue = self._queue, []
+                if not pieces:
+                    self._job = None
+                    return
+            try:
+                self._work(pieces)
+            except BaseException:
+                with self._lock:
+                    self._failed = self._job
+                    self._job = None
+                raise
+            with self._lock:
+                self._queued -= sum(map(len, pieces))
+
+    async def add(self, piece: bytes) -> None:
         with self._lock:
-            return self._idle.setdefault(origin, queue.SimpleQueue())
+            failed = self._failed
+            self._queue.append(piece)
+            self._queued += len(piece)
+            job = self._job
+            if job is None and failed is None:
+                job = self._job = self._pool.submit(self._drain)
+            backlog = self._queued
+        if failed is not None:
+            failed.result()  # a disk error surfaces here
+        if backlog >= _MAX_PENDING and job is not None:
+            await asyncio.wrap_future(job)  # the reader waits for the disk
 
-    def get(self, origin: tuple[str, str]) -> tuple[http.client.HTTPConnection, bool]:
-        """A connection to `origin` and whether it was reused (a reused one may be stale)."""
-        with contextlib.suppress(queue.Empty):
-            return self._queue(origin).get_nowait(), True
-        scheme, netloc = origin
-        if scheme == "https":
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                netloc, timeout=self._timeout, context=self._ssl
-            )
-        else:
-            conn = http.client.HTTPConnection(netloc, timeout=self._timeout)
-        return conn, False
-
-    def put(self, origin: tuple[str, str], conn: http.client.HTTPConnection) -> None:
-        self._queue(origin).put(conn)
-
-    def close(self) -> None:
-        with self._lock:
-            queues, self._idle = list(self._idle.values()), {}
-        for q in queues:
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    q.get_nowait().close()
+    async def flush(self) -> None:
+        """Everything received is hashed and on disk, in order. Also after a cancellation
+        (waiting synchronously for the worker: at most `_MAX_PENDING` bytes behind), so what
+        was received is a valid prefix for the next resume."""
+        try:
+            while (job := self._job) is not None:
+                await asyncio.wrap_future(job)
+        finally:
+            while (job := self._job) is not None:
+                concurrent.futures.wait([job])
+            if self._failed is not None:
+                self._failed.result()
+            if self._queue:
+                pieces, self._queue = self._queue, []
+                self._work(pieces)
 
 
 class BlobFetcher:
-    """Fetches layers of one repository into a `Store`.
-
-    `authorization()` gives the Authorization header to send (or None); `reauth(url)` renews
-    it after a 401 (the httpx client answers the registry's challenge). Call `aclose` when done.
-    """
+    """Fetches layers of one repository into a `Store`, over `http` (`RegistryHttp`)."""
 
     def __init__(
         self,
+        http: RegistryHttp,
         *,
         base: str,
-        registry: str,
         repository: str,
-        authorization: Callable[[], str | None],
-        reauth: Callable[[str], Awaitable[None]],
-        ssl_context: ssl.SSLContext | None = None,
-        timeout: float = 30.0,
         max_rate: int | None = None,
         retries: int = 5,
-        max_transfers: int = 64,
+        max_writers: int = 64,
     ) -> None:
+        self._http = http
         self._base = base
-        self._registry = registry
+        self._registry = http.registry
         self._repository = repository
-        self._authorization = authorization
-        self._reauth = reauth
-        self._connections = _Connections(timeout, ssl_context)
         self._rate = RateLimit(max_rate) if max_rate else None
         self._retries = retries
         # Small rate caps get smooth shaping; large ones are checked once per 4 MiB.
-        self._report_every = min(_REPORT_EVERY, max(_BUFFER, max_rate // 16)) if max_rate else _REPORT_EVERY
-        self._threads = ThreadPoolExecutor(max_workers=max_transfers, thread_name_prefix="pull")
+        self._report_every = min(_REPORT_EVERY, max(128 << 10, max_rate // 16)) if max_rate else _REPORT_EVERY
+        self._pool = ThreadPoolExecutor(max_workers=max_writers, thread_name_prefix="pull-write")
 
     async def aclose(self) -> None:
-        await asyncio.to_thread(self._threads.shutdown, wait=True)
-        self._connections.close()
+        await asyncio.to_thread(self._pool.shutdown, wait=True)
 
     async def fetch(
         self,
@@ -238,39 +233,13 @@ class BlobFetcher:
                 reraise=True,
             ):
                 with attempt:
-                    await self._fetch_authorized(transfer, store)
+                    await self._fetch_once(transfer, store)
         except _Transient as exc:
             raise RegistryUnavailable(
                 f"download of {transfer.digest[:19]} ({transfer.label}) kept failing: {exc}"
             ) from None
 
-    async def _fetch_authorized(self, transfer: _Transfer, store: Store) -> None:
-        url = f"{self._base}/blobs/{transfer.digest}"
-        try:
-            await self._in_thread(transfer, store, url)
-        except _Unauthorized:
-            await self._reauth(url)
-            try:
-                await self._in_thread(transfer, store, url)
-            except _Unauthorized:
-                err = status_error(401, f"layer {transfer.digest}", self._registry, self._repository)
-                assert err is not None
-                raise err from None
-
-    async def _in_thread(self, transfer: _Transfer, store: Store, url: str) -> None:
-        loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(self._threads, self._fetch_once, transfer, store, url)
-        try:
-            await asyncio.shield(job)
-        except asyncio.CancelledError:
-            # The thread stops now; what it wrote is a valid prefix for the next resume.
-            job.add_done_callback(lambda f: f.cancelled() or f.exception())
-            transfer.abort()
-            raise
-
-    # ------------------------------------------------------------------ in the transfer thread
-
-    def _fetch_once(self, transfer: _Transfer, store: Store, url: str) -> None:
+    async def _fetch_once(self, transfer: _Transfer, store: Store) -> None:
         digest, size = transfer.digest, transfer.size
         path = store.partial_path(digest)
         have = store.partial_size(digest)
@@ -279,33 +248,40 @@ class BlobFetcher:
             have = 0
         hasher = hashlib.sha256()
         if have:
-            _hash_prefix(path, have, hasher)
+            await asyncio.to_thread(_hash_prefix, path, have, hasher)
         if have < size:
+            url = f"{self._base}/blobs/{digest}"
             headers = {"Range": f"bytes={have}-"} if have else {}
-            with self._open(url, headers, transfer) as resp:
-                have, hasher = self._accept(resp, transfer, store, have, hasher)
+            try:
+                resp = await self._http.get(url, headers)
+            except (Unreachable, TimeoutError) as exc:
+                raise _Transient(f"cannot reach {self._registry}: {exc}") from None
+            try:
+                have, hasher = await self._accept(resp, transfer, store, have, hasher)
                 with disk_errors("downloading a layer"):
-                    have = self._stream(resp, transfer, store, have, hasher)
+                    have = await self._stream(resp, transfer, store, have, hasher)
+            finally:
+                resp.release()  # read to its end: reused; otherwise closed
             if have < size:
                 raise _Transient(f"connection ended after {have} of {size} bytes")
         actual = "sha256:" + hasher.hexdigest()
         if actual != digest:
             raise _Mismatch(actual, "content does not match the digest")
 
-    def _accept(
-        self, resp: http.client.HTTPResponse, transfer: _Transfer, store: Store, have: int, hasher: Any
+    async def _accept(
+        self, resp: Response, transfer: _Transfer, store: Store, have: int, hasher: Any
     ) -> tuple[int, Any]:
         """Checks the response before a byte is written; returns where writing starts."""
         digest, size, label = transfer.digest, transfer.size, transfer.label
         if resp.status == 416:
+            await resp.drain(MAX_ERROR_BODY)
             store.discard_partial(digest)
             raise _Transient("registry refused the resume range; restarting the layer")
-        if resp.status == 401:
-            raise _Unauthorized()
         err = status_error(resp.status, f"layer {digest}", self._registry, self._repository)
-        if isinstance(err, RegistryUnavailable):
-            raise _Transient(err.message)
         if err is not None:
+            await resp.drain(MAX_ERROR_BODY)
+            if isinstance(err, RegistryUnavailable):
+                raise _Transient(err.message)
             raise err
         if have and (resp.status != 206 or not _range_starts_at(resp, have)):
             have, hasher = 0, hashlib.sha256()  # no Range support: start over
@@ -318,119 +294,59 @@ class BlobFetcher:
             )
         return have, hasher
 
-    def _stream(
-        self, resp: http.client.HTTPResponse, transfer: _Transfer, store: Store, have: int, hasher: Any
-    ) -> int:
+    async def _stream(self, resp: Response, transfer: _Transfer, store: Store, have: int, hasher: Any) -> int:
         """Reads the body into the partial file from `have` on; returns the bytes now on disk."""
         size = transfer.size
-        buf = bytearray(_BUFFER)
-        view = memoryview(buf)
         unreported = 0
         fd = os.open(store.partial_path(transfer.digest), os.O_WRONLY | os.O_CREAT, 0o644)
+        writer = _Writer(fd, hasher, have, self._pool)
         try:
             os.ftruncate(fd, have)
-            while True:
-                if transfer.stop.is_set():
-                    raise _Stopped()
-                # One byte more than the layer can hold, so a registry sending extra is caught.
-                n = _read(resp, view[: min(_BUFFER, size - have + 1)])
-                if not n:
-                    break
-                if have + n > size:
-                    os.close(fd)
-                    fd = -1
-                    store.discard_partial(transfer.digest)
-                    raise ManifestRejected(
-                        f"layer {transfer.digest} ({transfer.label}): the registry sent more than "
-                        f"the {size} bytes the manifest declares"
-                    )
-                chunk = view[:n]
-                hasher.update(chunk)
-                _pwrite_all(fd, chunk, have)
-                have += n
-                transfer.moved += n
-                unreported += n
-                if unreported >= self._report_every:
-                    self._report(transfer, unreported)
-                    unreported = 0
+            try:
+                while True:
+                    try:
+                        piece = await resp.readany()
+                    except (Unreachable, TimeoutError) as exc:
+                        raise _Transient(str(exc)) from None
+                    if not piece:
+                        break
+                    if have + len(piece) > size:
+                        raise _TooLong()
+                    await writer.add(piece)
+                    have += len(piece)
+                    transfer.moved += len(piece)
+                    unreported += len(piece)
+                    if unreported >= self._report_every:
+                        await self._report(transfer, unreported)
+                        unreported = 0
+            finally:
+                await writer.flush()
+            # Closing a file with fresh dirty pages can take milliseconds: not on the loop.
+            closing, fd = fd, -1
+            await asyncio.get_running_loop().run_in_executor(self._pool, os.close, closing)
+        except _TooLong:
+            os.close(fd)
+            fd = -1
+            store.discard_partial(transfer.digest)
+            raise ManifestRejected(
+                f"layer {transfer.digest} ({transfer.label}): the registry sent more than "
+                f"the {size} bytes the manifest declares"
+            ) from None
         finally:
             if fd >= 0:
                 os.close(fd)
             if unreported:
-                self._report(transfer, unreported)
+                transfer.progress.advance(transfer.digest, unreported)
         return have
 
-    def _report(self, transfer: _Transfer, n: int) -> None:
+    async def _report(self, transfer: _Transfer, n: int) -> None:
         transfer.progress.advance(transfer.digest, n)
         if self._rate and (pause := self._rate.pause_for(n)) > 0:
-            transfer.stop.wait(pause)
-
-    @contextlib.contextmanager
-    def _open(
-        self, url: str, headers: dict[str, str], transfer: _Transfer
-    ) -> Iterator[http.client.HTTPResponse]:
-        """GET `url` following redirects; the connection goes back to the pool if reusable."""
-        headers = dict(headers)
-        if auth := self._authorization():
-            headers["Authorization"] = auth
-        for _ in range(_MAX_REDIRECTS + 1):
-            parts = urlsplit(url)
-            origin = (parts.scheme, parts.netloc)
-            target = parts.path + (f"?{parts.query}" if parts.query else "")
-            conn, resp = self._request(origin, target, headers)
-            transfer.conn = conn
-            location = resp.getheader("Location")
-            if resp.status in (301, 302, 303, 307, 308) and location:
-                self._finish(origin, conn, resp)
-                redirect = urljoin(url, location)
-                if urlsplit(redirect)[:2] != parts[:2]:
-                    headers.pop("Authorization", None)  # never hand registry credentials to storage
-                url = redirect
-                continue
-            try:
-                yield resp
-            except BaseException:
-                conn.close()
-                raise
-            finally:
-                transfer.conn = None
-            self._finish(origin, conn, resp)
-            return
-        raise RegistryError(f"{self._registry} redirected a layer download more than {_MAX_REDIRECTS} times")
-
-    def _request(
-        self, origin: tuple[str, str], target: str, headers: dict[str, str]
-    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        while True:
-            conn, reused = self._connections.get(origin)
-            try:
-                conn.request("GET", target, headers=headers)
-                return conn, conn.getresponse()
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                if reused:
-                    continue  # the server closed an idle keep-alive connection; open a new one
-                raise _Transient(f"cannot reach {origin[1]}: {exc.__class__.__name__}: {exc}") from None
-
-    def _finish(
-        self, origin: tuple[str, str], conn: http.client.HTTPConnection, resp: http.client.HTTPResponse
-    ) -> None:
-        """Reads what is left of a (small) body and keeps the connection if it can be reused."""
-        try:
-            leftover = resp.read(_MAX_ERROR_BODY + 1) if not resp.isclosed() else b""
-        except (OSError, http.client.HTTPException):
-            leftover = b"x" * (_MAX_ERROR_BODY + 1)
-        if resp.will_close or len(leftover) > _MAX_ERROR_BODY or not resp.isclosed():
-            conn.close()
-        else:
-            self._connections.put(origin, conn)
+            await asyncio.sleep(pause)
 
 
-def _read(resp: http.client.HTTPResponse, into: memoryview) -> int:
-    try:
-        return resp.readinto(into)
-    except (OSError, http.client.HTTPException) as exc:
-        raise _Transient(f"{exc.__class__.__name__}: {exc}") from None
+class _TooLong(Exception):
+    """The registry sent more bytes than the layer holds."""
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
@@ -439,17 +355,17 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[n:], offset + n
 
 
-def _announced_total(resp: http.client.HTTPResponse) -> int | None:
+def _announced_total(resp: Response) -> int | None:
     """The blob's full size as the response states it (Content-Range total or Content-Length)."""
     if resp.status == 206:
-        total = (resp.getheader("Content-Range") or "").rpartition("/")[2]
+        total = resp.headers.get("Content-Range", "").rpartition("/")[2]
         return int(total) if total.isdigit() else None
-    length = resp.getheader("Content-Length")
+    length = resp.headers.get("Content-Length")
     return int(length) if length and length.isdigit() else None
 
 
-def _range_starts_at(resp: http.client.HTTPResponse, start: int) -> bool:
-    return (resp.getheader("Content-Range") or "").startswith(f"bytes {start}-")
+def _range_starts_at(resp: Response, start: int) -> bool:
+    return resp.headers.get("Content-Range", "").startswith(f"bytes {start}-")
 
 
 def _hash_prefix(path: Path, n: int, hasher: Any) -> None:

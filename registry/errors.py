@@ -80,8 +80,8 @@ class RegistrationFailed(RegistryError):
 def status_error(status: int, what: str, registry: str, repository: str) -> RegistryError | None:
     """The named error a registry's HTTP status means for a read (None for 200 and 206).
 
-    The one place registry statuses become errors, for both download paths (`registry.pull`
-    over httpx, `registry.download` over http.client).
+    The one place registry statuses become errors, for manifests and configs (`registry.pull`)
+    and layers (`registry.download`), both over `tandem.transport`.
     """
     if status in (200, 206):
         return None

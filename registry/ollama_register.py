@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import ollama
 import structlog
 
@@ -23,8 +24,11 @@ from registry.artifact import ModelConfig
 from registry.assembly import assemble
 from registry.errors import RegistrationFailed
 from registry.store import Store
+from tandem.transport import HttpClient, Response, Transport, Unreachable
 
 log = structlog.get_logger("registry.ollama")
+
+_MAX_ANSWER = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -37,17 +41,21 @@ class Registration:
 
 
 class OllamaTarget:
-    """The local Ollama, spoken to with the `ollama` client (plus httpx for the blob HEAD,
-    which the client does not offer)."""
+    """The local Ollama's model API (blobs, create, copy, delete, tags), spoken over the
+    process's one outbound `Transport`; the `ollama` package's response types parse the
+    answers. (The `ollama` client itself is not used: it has its own httpx connection pool,
+    and its `create_blob` hashes the whole weights file again, which the store has verified.)
+    """
 
-    def __init__(self, host: str, *, timeout: float = 600.0) -> None:
+    def __init__(self, host: str, *, transport: Transport | None = None, timeout: float = 600.0) -> None:
         self.host = host.rstrip("/")
-        self._client = ollama.AsyncClient(host=self.host, timeout=timeout)
-        self._http = httpx.AsyncClient(base_url=self.host, timeout=30.0)
+        self._own = transport is None
+        self._transport = transport or Transport(HttpClient())
+        self._timeout = timeout
 
     async def aclose(self) -> None:
-        await self._http.aclose()
-        await self._client.close()
+        if self._own:
+            await self._transport.close()
 
     async def __aenter__(self) -> OllamaTarget:
         return self
@@ -55,72 +63,142 @@ class OllamaTarget:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def has_blob(self, digest: str) -> bool:
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | aiohttp.payload.Payload | None = None,
+        headers: Mapping[str, str] | None = None,
+        *,
+        read_s: float = 30.0,
+    ) -> Response:
         try:
-            resp = await self._http.head(f"/api/blobs/{digest}")
-        except httpx.TransportError as exc:
-            raise RegistrationFailed(
-                f"Ollama at {self.host} is unreachable: {exc.__class__.__name__}"
-            ) from None
-        return resp.status_code == 200
+            return await self._transport.request(
+                method, f"{self.host}{path}", body, headers, connect_s=10.0, read_s=read_s
+            )
+        except (Unreachable, TimeoutError) as exc:
+            raise RegistrationFailed(f"Ollama at {self.host} is unreachable: {exc}") from None
+
+    async def _json(self, method: str, path: str, payload: dict[str, Any] | None = None) -> tuple[int, Any]:
+        """Status and decoded JSON answer (None when not JSON) of one small exchange."""
+        body = json.dumps(payload).encode() if payload is not None else None
+        headers = {"Content-Type": "application/json"} if body is not None else None
+        resp = await self._request(method, path, body, headers)
+        raw = await _read(resp, self.host)
+        try:
+            return resp.status, json.loads(raw) if raw else None
+        except ValueError:
+            return resp.status, None
+
+    async def has_blob(self, digest: str) -> bool:
+        resp = await self._request("HEAD", f"/api/blobs/{digest}")
+        resp.release()
+        return resp.status == 200
 
     async def ensure_blob(self, digest: str, path: Path, size: int) -> int:
-        """Uploads `path` unless Ollama has `digest`; returns the bytes uploaded."""
+        """Uploads `path` unless Ollama has `digest`; returns the bytes uploaded.
+
+        The file is streamed from disk (memory stays flat); Ollama checks it against `digest`."""
         if await self.has_blob(digest):
             return 0
-        try:
-            got = await self._client.create_blob(path)
-        except ollama.ResponseError as exc:
-            raise RegistrationFailed(f"Ollama refused blob {digest[:19]}: {exc.error}") from None
-        except (httpx.TransportError, ConnectionError) as exc:
-            raise RegistrationFailed(f"Ollama at {self.host} is unreachable: {exc}") from None
-        if got != digest:
-            raise RegistrationFailed(f"Ollama stored {path.name} as {got}, expected {digest}")
+        with path.open("rb") as f:
+            body = aiohttp.payload.BufferedReaderPayload(f, content_type="application/octet-stream")
+            resp = await self._request("POST", f"/api/blobs/{digest}", body, read_s=self._timeout)
+            raw = await _read(resp, self.host)
+        if resp.status not in (200, 201):
+            raise RegistrationFailed(f"Ollama refused blob {digest[:19]}: {_error(raw, resp.status)}")
         return size
 
     async def create(self, model: str, **request: Any) -> None:
+        body = json.dumps({"model": model, "stream": True, **request}).encode()
+        resp = await self._request(
+            "POST", "/api/create", body, {"Content-Type": "application/json"}, read_s=self._timeout
+        )
+        if resp.status != 200:
+            raw = await _read(resp, self.host)
+            raise RegistrationFailed(f"Ollama could not create {model}: {_error(raw, resp.status)}")
+        last = ""
+        pending = b""
         try:
-            last = ""
-            async for progress in await self._client.create(model=model, stream=True, **request):
-                last = progress.status or last
-        except ollama.ResponseError as exc:
-            raise RegistrationFailed(f"Ollama could not create {model}: {exc.error}") from None
-        except (httpx.TransportError, ConnectionError) as exc:
+            while piece := await resp.readany():
+                pending += piece
+                *lines, pending = pending.split(b"\n")
+                for line in filter(None, (x.strip() for x in lines)):
+                    last = self._progress(model, line) or last
+                if len(pending) > _MAX_ANSWER:
+                    raise RegistrationFailed(f"Ollama's create of {model} sent an oversized line")
+            if pending.strip():
+                last = self._progress(model, pending.strip()) or last
+        except (Unreachable, TimeoutError) as exc:
             raise RegistrationFailed(f"Ollama at {self.host} is unreachable: {exc}") from None
+        finally:
+            resp.release()
         if last != "success":
             raise RegistrationFailed(f"Ollama's create of {model} ended with {last!r}, not success")
 
+    @staticmethod
+    def _progress(model: str, line: bytes) -> str | None:
+        try:
+            data = json.loads(line)
+        except ValueError:
+            raise RegistrationFailed(f"Ollama's create of {model} sent a line that is not JSON") from None
+        if isinstance(data, dict) and data.get("error"):
+            raise RegistrationFailed(f"Ollama could not create {model}: {data['error']}")
+        return ollama.ProgressResponse.model_validate(data).status
+
     async def switch(self, source: str, served: str) -> None:
         """Points the served name at `source` in one step (Ollama's copy)."""
-        try:
-            await self._client.copy(source, served)
-        except ollama.ResponseError as exc:
-            raise RegistrationFailed(f"Ollama could not copy {source} to {served}: {exc.error}") from None
-        except (httpx.TransportError, ConnectionError) as exc:
-            raise RegistrationFailed(f"Ollama at {self.host} is unreachable: {exc}") from None
+        status, data = await self._json("POST", "/api/copy", {"source": source, "destination": served})
+        if status != 200:
+            raise RegistrationFailed(f"Ollama could not copy {source} to {served}: {_error_of(data, status)}")
 
     async def delete(self, model: str) -> bool:
-        try:
-            await self._client.delete(model)
-        except ollama.ResponseError as exc:
-            if exc.status_code == 404:
-                return False
-            raise RegistrationFailed(f"Ollama could not delete {model}: {exc.error}") from None
-        except (httpx.TransportError, ConnectionError) as exc:
-            raise RegistrationFailed(f"Ollama at {self.host} is unreachable: {exc}") from None
+        status, data = await self._json("DELETE", "/api/delete", {"model": model})
+        if status == 404:
+            return False
+        if status != 200:
+            raise RegistrationFailed(f"Ollama could not delete {model}: {_error_of(data, status)}")
         return True
 
     async def digest_of(self, model: str) -> str | None:
         """The manifest digest Ollama lists for `model` (None when it has no such model)."""
-        try:
-            listing = await self._client.list()
-        except (httpx.TransportError, ConnectionError) as exc:
-            raise RegistrationFailed(f"Ollama at {self.host} is unreachable: {exc}") from None
+        status, data = await self._json("GET", "/api/tags")
+        if status != 200:
+            raise RegistrationFailed(f"Ollama at {self.host} answered HTTP {status} for its model list")
+        listing = ollama.ListResponse.model_validate(data)
         wanted = model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
         for entry in listing.models:
             if entry.model == wanted:
                 return entry.digest
         return None
+
+
+async def _read(resp: Response, host: str) -> bytes:
+    """A small answer's body (at most `_MAX_ANSWER` bytes); ends the exchange."""
+    body = bytearray()
+    try:
+        while piece := await resp.readany():
+            body += piece
+            if len(body) > _MAX_ANSWER:
+                raise RegistrationFailed(f"Ollama at {host} sent an answer over {_MAX_ANSWER} bytes")
+    except (Unreachable, TimeoutError) as exc:
+        raise RegistrationFailed(f"Ollama at {host} is unreachable: {exc}") from None
+    finally:
+        resp.release()
+    return bytes(body)
+
+
+def _error(raw: bytes, status: int) -> str:
+    try:
+        return _error_of(json.loads(raw), status)
+    except ValueError:
+        return f"HTTP {status}"
+
+
+def _error_of(data: Any, status: int) -> str:
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return str(data["error"])
+    return f"HTTP {status}"
 
 
 def _settings(store: Store, config: ModelConfig) -> dict[str, Any]:

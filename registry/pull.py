@@ -4,7 +4,7 @@
    anything hostile (`registry.artifact`).
 2. Plan by digest against the store: each layer is present (reused), partially downloaded
    (resumed from where it stopped) or missing. The plan is reported before a byte moves.
-3. Download the missing blobs in parallel (`registry.download`: a thread per transfer): a
+3. Download the missing blobs in parallel (`registry.download`, on the event loop): a
    partial file grows under `partial/`, an interrupted transfer resumes with an HTTP Range
    request, the sha256 is computed while streaming, and only a verified blob is renamed into
    `blobs/`. A blob whose bytes do not match its digest is discarded and fetched once more
@@ -17,8 +17,10 @@ With a public key, the version must be signed (`registry.signature`): an unsigne
 refused before a byte moves, one whose files do not match the signature before its weights
 file is put in place.
 
-Manifests, configs and the auth handshake go over httpx. oras-py has no parallel, resumable
-or verified download, so this part is our own.
+Every request (manifests, configs, the auth handshake, layers) goes over one
+`tandem.transport.Transport`: the edge passes its own, so proxies, TLS and connection reuse
+are the same as for its engine calls; the CLI builds one per command. oras-py has no
+parallel, resumable or verified download, so this part is our own.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
 import structlog
 
 from registry.artifact import (
@@ -59,6 +60,7 @@ from registry.errors import (
     SignatureRejected,
     status_error,
 )
+from registry.http import MAX_ERROR_BODY, RegistryHttp, read_capped
 from registry.progress import NullProgress, Progress
 from registry.reference import Reference
 from registry.signature import (
@@ -70,6 +72,7 @@ from registry.signature import (
     verify_files,
 )
 from registry.store import Store
+from tandem.transport import ClientTLS, HttpClient, Transport, Unreachable
 
 log = structlog.get_logger("registry.pull")
 
@@ -188,33 +191,31 @@ class RegistryClient:
         self,
         ref: Reference,
         *,
+        transport: Transport | None = None,
         plain_http: bool = False,
+        tls: ClientTLS | None = None,
         creds: Credentials | None = None,
         limits: Limits = DEFAULT_LIMITS,
         timeout: float = 30.0,
         max_rate: int | None = None,
         retries: int = 5,
     ) -> None:
+        """`transport`: the process's outbound transport (one is made, and closed on exit,
+        when none is given). `tls`: the registry's CA / client certificate / verify
+        (https only; none: the system's CAs)."""
         self.ref = ref
         self.limits = limits
+        self._own_transport = transport is None
+        self.transport = transport or Transport(HttpClient())
         self._base = f"{'http' if plain_http else 'https'}://{ref.registry}/v2/{ref.repository}"
         self._auth = RegistryAuth(creds or resolve_credentials(ref.registry))
-        tls = None if plain_http else httpx.create_ssl_context()  # one trust store for both paths
-        self._client = httpx.AsyncClient(
-            auth=self._auth,
-            verify=tls if tls is not None else True,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            follow_redirects=True,  # registries may redirect blob GETs to object storage
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+        self.http = RegistryHttp(
+            self.transport, registry=ref.registry, auth=self._auth, tls=tls, timeout=timeout
         )
         self._blobs = BlobFetcher(
+            self.http,
             base=self._base,
-            registry=ref.registry,
             repository=ref.repository,
-            authorization=lambda: self._auth.header,
-            reauth=self._reauth,
-            ssl_context=tls,
-            timeout=timeout,
             max_rate=max_rate,
             retries=retries,
         )
@@ -224,40 +225,21 @@ class RegistryClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._blobs.aclose()
-        await self._client.aclose()
-
-    async def _reauth(self, url: str) -> None:
-        """Answers the registry's challenge for `url` through httpx, renewing `_auth.header`."""
-        try:
-            resp = await self._client.head(url)
-        except httpx.TransportError as exc:
-            raise RegistryUnavailable(
-                f"cannot reach {self.ref.registry}: {exc.__class__.__name__}: {exc}"
-            ) from None
-        if resp.status_code in (401, 403):
-            self._check_status(resp, f"layer at {url}")
+        if self._own_transport:
+            await self.transport.close()
 
     async def _read_capped(
         self, url: str, cap: int, what: str, headers: dict[str, str] | None = None
-    ) -> tuple[httpx.Headers, bytes]:
+    ) -> tuple[Any, bytes]:
         try:
-            async with self._client.stream("GET", url, headers=headers) as resp:
-                self._check_status(resp, what)
-                body = bytearray()
-                async for chunk in resp.aiter_raw():
-                    body += chunk
-                    if len(body) > cap:
-                        raise ManifestRejected(f"{what} is larger than the {cap}-byte limit")
-                return resp.headers, bytes(body)
-        except httpx.TransportError as exc:
-            raise RegistryUnavailable(
-                f"cannot reach {self.ref.registry}: {exc.__class__.__name__}: {exc}"
-            ) from None
-
-    def _check_status(self, resp: httpx.Response, what: str) -> None:
-        err = status_error(resp.status_code, what, self.ref.registry, self.ref.repository)
-        if err is not None:
-            raise err
+            resp = await self.http.get(url, headers)
+            err = status_error(resp.status, what, self.ref.registry, self.ref.repository)
+            if err is not None:
+                await resp.drain(MAX_ERROR_BODY)
+                raise err
+            return resp.headers, await read_capped(resp, cap, what)
+        except (Unreachable, TimeoutError) as exc:
+            raise RegistryUnavailable(f"cannot reach {self.ref.registry}: {exc}") from None
 
     async def manifest(self, target: str) -> tuple[bytes, str]:
         """The raw manifest and its verified digest."""
@@ -482,12 +464,21 @@ async def pull_model(
     limits: Limits = DEFAULT_LIMITS,
     assemble: bool = True,
     public_key: Path | None = None,
+    transport: Transport | None = None,
+    tls: ClientTLS | None = None,
 ) -> PullResult:
     """Plans, reports the plan to `on_plan`, then pulls. The one-call form the CLI and edge use.
 
-    `public_key`: require a signature that verifies with it (see `execute_pull`)."""
+    `public_key`: require a signature that verifies with it (see `execute_pull`).
+    `transport`: the process's outbound transport (none: one for this pull)."""
     async with RegistryClient(
-        ref, plain_http=plain_http, creds=creds, limits=limits, max_rate=max_rate
+        ref,
+        transport=transport,
+        plain_http=plain_http,
+        tls=tls,
+        creds=creds,
+        limits=limits,
+        max_rate=max_rate,
     ) as client:
         plan = await plan_pull(client, store)
         if on_plan:

@@ -14,10 +14,14 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from registry import download
+from registry.auth import Credentials, RegistryAuth
 from registry.download import BlobFetcher
 from registry.errors import AuthFailed
+from registry.http import RegistryHttp
 from registry.progress import NullProgress
 from registry.store import Store
+from tandem.transport import Transport
 
 DATA = bytes(range(256)) * 4096 * 3  # 3 MiB
 DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()
@@ -72,33 +76,27 @@ async def blob(request: web.Request, _: Server) -> web.StreamResponse:
     )
 
 
-def fetcher(
-    base: str,
-    *,
-    header: list[str | None] | None = None,
-    reauth: Callable[[str], Awaitable[None]] | None = None,
-    **kw: object,
-) -> BlobFetcher:
-    header = header if header is not None else [None]
-
-    async def no_reauth(url: str) -> None:
-        pass
-
-    return BlobFetcher(
-        base=f"{base}/v2/models/m",
+def fetcher(base: str, *, token: str | None = None, timeout: float = 30.0) -> BlobFetcher:
+    """A fetcher over a `Transport` of its own (closed by `fetch` / `close`)."""
+    http = RegistryHttp(
+        Transport(),
         registry=base.removeprefix("http://"),
-        repository="models/m",
-        authorization=lambda: header[0],
-        reauth=reauth or no_reauth,
-        **kw,  # type: ignore[arg-type]
+        auth=RegistryAuth(Credentials(token=token)),
+        timeout=timeout,
     )
+    return BlobFetcher(http, base=f"{base}/v2/models/m", repository="models/m")
+
+
+async def close(f: BlobFetcher) -> None:
+    await f.aclose()
+    await f._http.transport.close()
 
 
 async def fetch(f: BlobFetcher, store: Store) -> int:
     try:
         return await f.fetch(DIGEST, len(DATA), "chunk", store, NullProgress(), lambda: None)
     finally:
-        await f.aclose()
+        await close(f)
 
 
 async def test_a_layer_arrives_verified_in_the_store(serve: Serve, tmp_path: Path) -> None:
@@ -118,7 +116,7 @@ async def test_a_redirect_to_storage_is_followed_without_the_registry_credential
 
     registry = await serve(redirect)
     store = Store(tmp_path / "store")
-    await fetch(fetcher(registry.url, header=["Bearer registry-token"]), store)
+    await fetch(fetcher(registry.url, token="registry-token"), store)
     assert registry.seen[0]["Authorization"] == "Bearer registry-token"
     assert "Authorization" not in storage.seen[0]
     assert store.read_blob(DIGEST) == DATA
@@ -137,20 +135,23 @@ async def test_a_registry_that_ignores_range_gets_the_layer_restarted(serve: Ser
 
 
 async def test_a_401_renews_the_credentials_once_and_goes_on(serve: Serve, tmp_path: Path) -> None:
+    """An expired token mid-pull: the layer request meets a 401, the challenge is answered at
+    the token realm (over the same transport) and the layer is fetched with the new token."""
+
     async def needs_token(request: web.Request, s: Server) -> web.StreamResponse:
+        if request.path == "/token":
+            assert request.query["scope"] == "repository:models/m:pull"
+            return web.json_response({"token": "fresh"})
         if request.headers.get("Authorization") != "Bearer fresh":
-            raise web.HTTPUnauthorized(headers={"WWW-Authenticate": 'Bearer realm="x"'})
+            realm = f'Bearer realm="{s.url}/token",service="reg",scope="repository:models/m:pull"'
+            raise web.HTTPUnauthorized(headers={"WWW-Authenticate": realm})
         return await blob(request, s)
 
     server = await serve(needs_token)
-    header: list[str | None] = ["Bearer expired"]
-
-    async def reauth(url: str) -> None:
-        header[0] = "Bearer fresh"
-
     store = Store(tmp_path / "store")
-    await fetch(fetcher(server.url, header=header, reauth=reauth), store)
-    assert [h.get("Authorization") for h in server.seen] == ["Bearer expired", "Bearer fresh"]
+    await fetch(fetcher(server.url, token="expired"), store)
+    assert [h.get("Authorization") for h in server.seen] == ["Bearer expired", None, "Bearer fresh"]
+    assert store.read_blob(DIGEST) == DATA
 
 
 async def test_credentials_refused_after_renewal_are_an_auth_error(serve: Serve, tmp_path: Path) -> None:
@@ -184,9 +185,50 @@ async def test_a_cancelled_transfer_stops_at_once_and_resumes_later(serve: Serve
     started = time.monotonic()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await f.aclose()  # waits for the transfer thread: it must not sit out the 60 s timeout
+    await close(f)  # nothing is left running: it must not sit out the 60 s timeout
     assert time.monotonic() - started < 5
     assert store.partial_size(DIGEST) == len(DATA) // 2
     moved = await fetch(fetcher(server.url), store)
     assert moved == len(DATA) - len(DATA) // 2
     assert store.read_blob(DIGEST) == DATA
+
+
+async def test_memory_stays_flat_when_the_disk_is_slower_than_the_network(
+    serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transfer holds at most `_MAX_PENDING` bytes received but not yet written: past that it
+    stops reading (and the transport's flow control holds the sender)."""
+    piece = bytes(range(256)) * 1024  # 256 KiB
+    count = 128  # 32 MiB
+    digest = "sha256:" + hashlib.sha256(piece * count).hexdigest()
+
+    async def big(request: web.Request, _: Server) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": str(len(piece) * count)})
+        await resp.prepare(request)
+        for _ in range(count):
+            await resp.write(piece)
+        return resp
+
+    backlog: list[int] = []
+    slow_work = download._Writer._work
+    add = download._Writer.add
+
+    def work(self: download._Writer, pieces: list[bytes]) -> None:
+        time.sleep(0.005)  # a slow disk
+        slow_work(self, pieces)
+
+    async def noted_add(self: download._Writer, p: bytes) -> None:
+        await add(self, p)
+        backlog.append(self._queued)
+
+    monkeypatch.setattr(download._Writer, "_work", work)
+    monkeypatch.setattr(download._Writer, "add", noted_add)
+    server = await serve(big)
+    store = Store(tmp_path / "store")
+    f = fetcher(server.url)
+    try:
+        await f.fetch(digest, len(piece) * count, "big", store, NullProgress(), lambda: None)
+    finally:
+        await close(f)
+    assert store.has(digest)
+    assert max(backlog) <= 2 << 20  # unbounded, it reaches ~28 MiB here

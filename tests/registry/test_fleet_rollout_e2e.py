@@ -90,6 +90,7 @@ async def test_rollout_reaches_the_edge_and_rollback_restores_the_previous_versi
     push(v2, gguf, template=text_file(tmp_path / "t2", "T2 {{ .Prompt }}"))
     sync = edge.model_sync
     assert sync is not None
+    assert sync.transport is edge.service.transport  # the edge's one outbound transport
 
     def serving(ref: Reference) -> bool:
         current = sync.state.current
