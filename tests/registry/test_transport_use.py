@@ -17,8 +17,8 @@ from registry.reference import Reference
 from registry.store import Store
 from simulators.ollama import OllamaSimConfig, OllamaSimulator
 from tandem.transport import HttpClient, Response, Transport
+from tests.conftest import Proxy
 from tests.registry.helpers import pull, push, same_file
-from tests.transport.conftest import Proxy, proxy  # noqa: F401 (the fixture)
 
 
 class Recording(Transport):
@@ -36,7 +36,7 @@ class Recording(Transport):
 
 
 async def test_a_pull_through_a_forward_proxy_sends_manifests_and_layers_through_it(
-    proxy: Proxy,  # noqa: F811
+    proxy: Proxy,
     model_ref: Reference,
     gguf_file: Path,
     tmp_path: Path,
