@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian/Ubuntu machine with Python 3.11+ to run Tandem from this checkout:
 # uv (from PyPI), then the exact locked dependencies into .venv. With --test it also installs
-# the servers the test suite talks to (Debian's docker-registry and redis-server).
+# the servers the test suite talks to (Debian's docker-registry, redis-server, tinyproxy and
+# dnsmasq).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,8 @@ if [ "$want_test_servers" = 1 ]; then
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   # a real forward proxy for the outbound transport's tests
   command -v tinyproxy >/dev/null 2>&1 || [ -x /usr/bin/tinyproxy ] || [ -x /usr/sbin/tinyproxy ] || missing+=(tinyproxy)
+  # a real DNS server whose records change, for the pool's DNS discovery tests
+  command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
   if [ ${#missing[@]} -gt 0 ]; then
     sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
     $sudo_cmd apt-get update -qq

@@ -3,6 +3,8 @@ never contact an endpoint."""
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -85,3 +87,81 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+class DnsServer:
+    """A real DNS server (Debian's dnsmasq) answering for `*.pool.test` from a hosts directory.
+
+    dnsmasq re-reads the directory through inotify as soon as a file in it changes, so `set`
+    changes the records without a restart. `--local=/pool.test/` makes it authoritative for
+    that domain: a name without records is NXDOMAIN (or NODATA for the other family), not
+    REFUSED, which is what it answers for everything else (it has no upstream server).
+    """
+
+    def __init__(self, exe: str, directory: Path, port: int) -> None:
+        self.port = port
+        self.nameserver = f"127.0.0.1:{port}"
+        self._exe = exe
+        self._dir = directory
+        self._hosts = directory / "hosts"
+        self._hosts.mkdir()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._names: dict[str, list[str]] = {}
+
+    def set(self, name: str, addresses: list[str]) -> None:
+        """`name`'s records from now on (written aside, then renamed in: dnsmasq never reads half a file)."""
+        self._names[name] = addresses
+        lines = "".join(f"{address} {n}\n" for n, addrs in self._names.items() for address in addrs)
+        staged = self._dir / "hosts.new"
+        staged.write_text(lines)
+        staged.replace(self._hosts / "pool")
+
+    def start(self) -> None:
+        args = ["--no-daemon", "--port", str(self.port), "--listen-address", "127.0.0.1", "--bind-interfaces",
+                "--no-resolv", "--no-hosts", "--hostsdir", str(self._hosts), "--local=/pool.test/",
+                "--pid-file=", "--user=" + _user()]  # fmt: skip
+        self._process = subprocess.Popen(
+            [self._exe, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        query = (
+            b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05probe\x04pool\x04test\x00\x00\x01\x00\x01"
+        )
+        deadline = time.monotonic() + 10
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.settimeout(0.1)
+            while True:
+                assert self._process.poll() is None, "dnsmasq exited at start"
+                probe.sendto(query, ("127.0.0.1", self.port))
+                try:
+                    probe.recv(512)
+                    return
+                except OSError:
+                    assert time.monotonic() < deadline, "dnsmasq did not start"
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+            self._process = None
+
+
+def _user() -> str:
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+@pytest.fixture
+def dns_server(tmp_path: Path) -> Iterator[DnsServer]:
+    """A dnsmasq of this test's own on a free loopback UDP port."""
+    exe = shutil.which("dnsmasq") or ("/usr/sbin/dnsmasq" if Path("/usr/sbin/dnsmasq").exists() else None)
+    if exe is None:
+        pytest.fail("dnsmasq is missing: `bash deploy/bootstrap.sh --test` installs it (dnsmasq-base)")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = DnsServer(exe, tmp_path, port)
+    server.set("placeholder.pool.test", [])
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
