@@ -165,7 +165,7 @@ class LitellmBalancer:
     async def _cooling(self, pool: str) -> frozenset[str]:
         """The endpoints of `pool` in litellm's cooldown store, read at most every
         `COOLING_VIEW_S` (each read costs ~30 us of litellm's bookkeeping; under load that is
-        thousands a second). A failure reported here drops the view at once; cooldowns set by
+        thousands a second). A cooldown set here drops the view at once; cooldowns set by
         another replica arrive through litellm's own local view of Redis, itself a cache."""
         now = time.monotonic()
         view = self._cooling_view.get(pool)
