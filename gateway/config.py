@@ -98,9 +98,17 @@ class Router(Section):
         "simple-shuffle"
     )
     num_retries: int = Field(2, ge=0, le=10)
+    # Retries allowed while they stay under this share of the pool's requests in the last
+    # `retry_budget_window_seconds` (plus `retry_budget_min_retries` per window): at 30% random
+    # engine errors, each failure gets its retry; in an outage, retries add at most this share.
+    retry_budget_ratio: float = Field(0.5, ge=0)
+    retry_budget_min_retries: int = Field(10, ge=0)
+    retry_budget_window_seconds: float = Field(10.0, gt=0)
+    # Failures in a row (no success between) an endpoint may have; the next cools it down.
     allowed_fails: int = Field(3, ge=0)
     cooldown_seconds: float = Field(5.0, ge=0)
     connect_timeout_seconds: float = Field(3.0, gt=0)
+    # Until the first token of a stream, or the first byte of a non-streamed answer.
     first_token_timeout_seconds: float = Field(60.0, gt=0)
     # Whole-request cap; thinking answers can be long.
     timeout_seconds: float = Field(600.0, gt=0)

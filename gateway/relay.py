@@ -11,6 +11,7 @@ failure happened before anything was received.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -24,15 +25,40 @@ from tandem.transport import Response, Transport, Unreachable
 class AttemptFailed(Exception):
     """An attempt failed before any answer was received; another endpoint may succeed.
 
-    `retryable` is False when the request itself is at fault (a 4xx other than 408/429):
-    sending it elsewhere would fail the same way.
+    `request_fault` is True when the engine refused the request because of the request itself
+    (`request_fault_of`): the endpoint is not to blame, and sending it elsewhere would most
+    likely fail the same way.
     """
 
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool = True) -> None:
+    def __init__(self, message: str, *, status: int | None = None, request_fault: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
-        self.retryable = retryable
+        self.request_fault = request_fault
+
+
+# The words with which engines say a request asks for something they cannot do: llama.cpp's
+# server answers an unsupported `response_format` with 500, and a vLLM validation error
+# raised late can surface as 500 too. An engine's own failure ("EngineCore encountered an
+# issue", "CUDA out of memory") says none of them.
+_REQUEST_AT_FAULT = re.compile(
+    r"not supported|unsupported|invalid|must be|validation error|not allowed|unrecognized"
+    r"|unknown (field|param)",
+    re.IGNORECASE,
+)
+
+
+def request_fault_of(status: int, message: str) -> bool:
+    """Whether an engine's error answer is the request's own fault rather than the endpoint's.
+
+    4xx answers are, except 408 (timeout), 409 (conflict) and 429 (busy), which are about the
+    engine's state, and 401/403/404, which are about the endpoint's configuration (the key the
+    gateway holds for it, the model it serves). A 5xx is the endpoint's, unless its message
+    names the request as unsupported or invalid.
+    """
+    if status >= 500:
+        return _REQUEST_AT_FAULT.search(message) is not None
+    return status not in (401, 403, 404, 408, 409, 429)
 
 
 class StreamBroken(Exception):
@@ -104,9 +130,8 @@ async def _failed_response(upstream: Upstream, resp: Response) -> AttemptFailed:
         message = str(err.get("message", message)) if isinstance(err, dict) else str(err)
     except orjson.JSONDecodeError:
         pass
-    # 4xx means the request is wrong for any endpoint of this model (except the retryable ones).
-    retryable = status in (404, 408, 409, 429) or status >= 500
-    return AttemptFailed(message or f"HTTP {status}", status=status, retryable=retryable)
+    message = message or f"HTTP {status}"
+    return AttemptFailed(message, status=status, request_fault=request_fault_of(status, message))
 
 
 def _tool_calls(raw: list[dict[str, Any]] | None) -> list[ToolCall]:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.config import GatewayConfig, Pool
 from gateway.pool import Balancer, Upstream
 from gateway.relay import AttemptFailed, Relay, StreamBroken, first_batch, parse_completion, stream_chunks
+from gateway.retry_budget import RetryBudget
 from tandem.chat import ChatRequest, ChatResult, Chunk, Mode, RouteDecision, Usage
 from tandem.errors import (
     BadRequest,
@@ -63,6 +64,7 @@ class Admission:
     released: bool = False
     grant: Grant | None = None  # the tenant's limits, when it has any
     used_tokens: int | None = 0  # what the engine reported; None: unknown (keep the estimate)
+    retry_budget_spent: bool = False  # a retry was due and the pool's retry budget refused it
 
     def take_upstream(self, upstream: Upstream) -> None:
         self.service._upstream_load[upstream.id] = self.service._upstream_load.get(upstream.id, 0) + 1
@@ -149,6 +151,15 @@ class GatewayService:
         # Connections are bounded by the requests in flight (`limits.max_in_flight`).
         self.transport = Transport(config.http_client)
         self.relay = Relay(self.transport, connect_timeout=config.router.connect_timeout_seconds)
+        router = config.router
+        self._retry_budgets = {
+            pool.name: RetryBudget(
+                ratio=router.retry_budget_ratio,
+                min_retries=router.retry_budget_min_retries,
+                window_s=router.retry_budget_window_seconds,
+            )
+            for pool in config.pools
+        }
         self._in_flight = 0
         self._upstream_load: dict[str, int] = {}
         self._idle = asyncio.Event()
@@ -210,11 +221,12 @@ class GatewayService:
         self.metrics.in_flight.set(self._in_flight)
         return Admission(self)
 
-    async def _choose(self, pool: str, tried: set[str]) -> Upstream | None:
+    async def _choose(self, pool: str, tried: set[str], *, ignore_cooldowns: bool = False) -> Upstream | None:
         """An endpoint of `pool` with free capacity; raises RateLimited when all are just full."""
         full: set[str] = set()
         while True:
-            upstream = await self.balancer.choose(pool, exclude=frozenset(tried | full))
+            exclude = frozenset(tried | full)
+            upstream = await self.balancer.choose(pool, exclude=exclude, ignore_cooldowns=ignore_cooldowns)
             if upstream is None:
                 if full and not (set(u.id for u in self.balancer.upstreams(pool)) - full - tried):
                     raise RateLimited(
@@ -239,21 +251,33 @@ class GatewayService:
     async def _endpoints(
         self, decision: RouteDecision, admission: Admission
     ) -> AsyncGenerator[Upstream, None]:
-        """Retries within the pool, then each fallback pool."""
-        retries = self.config.router.num_retries
+        """The first endpoint, then retries while the pool's retry budget allows: up to
+        `num_retries` more endpoints of the pool, then of each fallback pool. Endpoints cooling
+        down come last, when no other is left: a cooldown ranks an endpoint last, it never
+        empties a pool whose engines still answer."""
+        budget = self._retry_budgets[decision.pool]
+        budget.request()
+        attempts = self.config.router.num_retries + 1
         pools = [decision.pool, *self.balancer.fallbacks(decision.pool)]
-        for pool in pools:
-            tried: set[str] = set()
-            for _ in range(retries + 1):
-                upstream = await self._choose(pool, tried)
-                if upstream is None:
-                    break
-                tried.add(upstream.id)
-                admission.take_upstream(upstream)
-                decision.deployment = upstream.id
-                yield upstream
-                admission.drop_upstream()
-                self.metrics.retries.inc()
+        tried: dict[str, set[str]] = {pool: set() for pool in pools}
+        first = True
+        for ignore_cooldowns in (False, True):
+            for pool in pools:
+                while len(tried[pool]) < attempts:
+                    upstream = await self._choose(pool, tried[pool], ignore_cooldowns=ignore_cooldowns)
+                    if upstream is None:
+                        break
+                    if not first:
+                        if not budget.try_retry():
+                            admission.retry_budget_spent = True
+                            return
+                        self.metrics.retries.inc()
+                    first = False
+                    tried[pool].add(upstream.id)
+                    admission.take_upstream(upstream)
+                    decision.deployment = upstream.id
+                    yield upstream
+                    admission.drop_upstream()
 
     def _body(
         self, req: ChatRequest, decision: RouteDecision, upstream: Upstream, *, stream: bool
@@ -270,18 +294,37 @@ class GatewayService:
         report = functools.partial(self.balancer.succeeded, upstream, latency_s=latency_s)
         asyncio.get_running_loop().call_soon(report)
 
-    def _fail(self, upstream: Upstream, exc: AttemptFailed, last: list[AttemptFailed]) -> None:
-        self.balancer.failed(upstream, status=exc.status, error=exc.message)
-        self.metrics.upstream_failures.labels(upstream.id, str(exc.status or "connect")).inc()
-        log.warning("upstream_attempt_failed", upstream=upstream.id, status=exc.status, error=exc.message)
-        if not exc.retryable:
-            raise _client_error(exc)
-        last.append(exc)
+    def _fail(self, upstream: Upstream, exc: AttemptFailed, failures: list[AttemptFailed]) -> None:
+        """Books a failed attempt; raises when the request should not go elsewhere.
 
-    def _exhausted(self, decision: RouteDecision, failures: list[AttemptFailed]) -> TandemError:
+        A failure of the endpoint counts against it (cooldowns) and the request moves on. A
+        refusal of the request itself does not count; a 4xx goes back to the caller at once, a
+        5xx that names the request gets one more endpoint, in case this engine lacks a feature
+        another has, and goes back to the caller if that one refuses it too.
+        """
+        if exc.request_fault:
+            self.balancer.rejected(upstream)
+            log.info("upstream_rejected_request", upstream=upstream.id, status=exc.status, error=exc.message)
+            assert exc.status is not None
+            if exc.status < 500 or any(f.request_fault for f in failures):
+                raise _request_error(exc)
+        else:
+            self.balancer.failed(upstream, status=exc.status, error=exc.message)
+            self.metrics.upstream_failures.labels(upstream.id, str(exc.status or "connect")).inc()
+            log.warning("upstream_attempt_failed", upstream=upstream.id, status=exc.status, error=exc.message)
+        failures.append(exc)
+
+    def _exhausted(
+        self, decision: RouteDecision, failures: list[AttemptFailed], admission: Admission
+    ) -> TandemError:
+        refused = [f for f in failures if f.request_fault]
+        if refused:  # the only answer about the request itself is that it cannot be served
+            return _request_error(refused[-1])
         if failures and all(f.status is None and "no answer" in f.message for f in failures):
             return UpstreamTimeout(f"no endpoint of pool {decision.pool!r} answered in time", retry_after=1)
         detail = f": last error: {failures[-1].message}" if failures else ": every endpoint is cooling down"
+        if admission.retry_budget_spent:
+            detail += " (no retry: the pool's retry budget is spent)"
         return UpstreamUnavailable(
             f"no endpoint of pool {decision.pool!r} could take the request{detail}",
             retry_after=self.config.router.cooldown_seconds or 1,
@@ -292,7 +335,7 @@ class GatewayService:
         decision, _ = self.decide(req, tenant)
         admission = self._admit()
         failures: list[AttemptFailed] = []
-        timeout = self.config.router.timeout_seconds
+        router = self.config.router
         try:
             admission.grant = await self.limits.acquire(tenant, decision.estimated_tokens)
             async with self._attempts(decision, admission) as attempts:
@@ -302,8 +345,10 @@ class GatewayService:
                         resp = await self.relay.open(
                             upstream,
                             self._body(req, decision, upstream, stream=False),
-                            first_byte_timeout=timeout,
-                            total_timeout=timeout,
+                            # A hung engine answers nothing at all: another endpoint gets the
+                            # request after the first-token deadline, not the whole-answer cap.
+                            first_byte_timeout=router.first_token_timeout_seconds,
+                            total_timeout=router.timeout_seconds,
                         )
                         data = await self.relay.read_json(upstream, resp)
                     except AttemptFailed as exc:
@@ -323,7 +368,7 @@ class GatewayService:
                         created=int(time.time()),
                         route=decision,
                     )
-            raise self._exhausted(decision, failures)
+            raise self._exhausted(decision, failures, admission)
         finally:
             admission.release()
 
@@ -378,7 +423,7 @@ class GatewayService:
                         _admission=admission,
                         _service=self,
                     )
-            raise self._exhausted(decision, failures)
+            raise self._exhausted(decision, failures, admission)
         except BaseException:
             admission.release()
             raise
@@ -399,8 +444,8 @@ class GatewayService:
         return self._in_flight
 
 
-def _client_error(exc: AttemptFailed) -> TandemError:
-    """A 4xx from the engine is the caller's problem; pass its message on."""
-    if exc.status == 400:
-        return BadRequest(exc.message)
-    return UpstreamUnavailable(f"the engine refused the request (HTTP {exc.status}): {exc.message}")
+def _request_error(exc: AttemptFailed) -> TandemError:
+    """An engine's refusal of the request itself, for the caller (400): its message passed on."""
+    if exc.status is not None and exc.status >= 500:
+        return BadRequest(f"the engine cannot serve this request: {exc.message}")
+    return BadRequest(exc.message)

@@ -29,6 +29,9 @@ class Faults:
     - `slow_start`: seconds to wait before the first byte of any answer.
     - `dead`: the engine is dead: health checks fail and every request gets the engine's
       dead-engine error.
+    - `reject_field`: a request whose body has this top-level field is answered with
+      `reject_status` and a message naming the field as unsupported, as an engine refuses a
+      feature it lacks (llama.cpp's server answers 500 to an unsupported `response_format`).
     """
 
     error_rate: float = 0.0
@@ -39,12 +42,16 @@ class Faults:
     error_after: int | None = None
     slow_start: float = 0.0
     dead: bool = False
+    reject_field: str | None = None
+    reject_status: int = 500
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.error_rate <= 1.0:
             raise ValueError(f"faults.error_rate must be between 0 and 1, got {self.error_rate}")
-        if not 400 <= self.error_status <= 599:
-            raise ValueError(f"faults.error_status must be an HTTP error status, got {self.error_status}")
+        for name in ("error_status", "reject_status"):
+            status = getattr(self, name)
+            if not 400 <= status <= 599:
+                raise ValueError(f"faults.{name} must be an HTTP error status, got {status}")
         for name in ("disconnect_after", "error_after"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -79,13 +86,17 @@ def _coerce(key: str, value: Any) -> Any:
         if not isinstance(value, str):
             raise ValueError(f"faults.{key} must be a string")
         return value
+    if key == "reject_field":
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"faults.{key} must be a string or null")
+        return value
     if key in ("disconnect_after", "error_after"):
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"faults.{key} must be an integer or null")
         return value
-    if key == "error_status":
+    if key in ("error_status", "reject_status"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"faults.{key} must be an integer")
         return value
@@ -117,3 +128,8 @@ class FaultInjector:
         if rate >= 1.0:
             return True
         return self._rng.random() < rate
+
+    def rejects(self, body: dict[str, Any] | None) -> str | None:
+        """The field this request is refused for, if it carries the rejected one."""
+        field = self.faults.reject_field
+        return field if field is not None and body is not None and field in body else None

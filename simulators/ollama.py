@@ -349,7 +349,7 @@ class OllamaSimulator(SimServer):
         except _BadRequest as exc:
             return self._error(exc.status, exc.message)
         self._record(body)
-        answer_now = await self._entry_faults()
+        answer_now = await self._entry_faults(body)
         if answer_now is not None:
             return answer_now
         try:

@@ -166,8 +166,9 @@ class SimServer:
 
     # -- entry faults ------------------------------------------------------------------------
 
-    async def _entry_faults(self) -> web.Response | None:
-        """Applies slow start, hang, dead engine and the error draw; an answer means stop here."""
+    async def _entry_faults(self, body: dict[str, Any] | None = None) -> web.Response | None:
+        """Applies slow start, hang, dead engine, the error draw and a rejected field; an answer
+        means stop here."""
         faults = self._injector.faults
         if faults.slow_start > 0:
             await asyncio.sleep(faults.slow_start)
@@ -177,6 +178,9 @@ class SimServer:
             return self._dead_response()
         if self._injector.should_fail():
             return self._error_response(faults.error_status, faults.error_message)
+        rejected = self._injector.rejects(body)
+        if rejected is not None:
+            return self._error_response(faults.reject_status, f"{rejected} is not supported by this server")
         return None
 
     async def _hang(self) -> None:

@@ -270,7 +270,7 @@ class VllmSimulator(SimServer):
         if not isinstance(body, dict):
             return self._error(400, "Input should be a valid dictionary or object to extract fields from")
         self._record(body)
-        answer_now = await self._entry_faults()
+        answer_now = await self._entry_faults(body)
         if answer_now is not None:
             return answer_now
         try:

@@ -31,8 +31,14 @@ class Upstream:
 class Balancer(Protocol):
     """Chooses endpoints and tracks their health (cooldowns) across requests."""
 
-    async def choose(self, pool: str, *, exclude: frozenset[str] = frozenset()) -> Upstream | None:
-        """An endpoint of `pool` that is not cooling down and not in `exclude`; None when none is."""
+    async def choose(
+        self, pool: str, *, exclude: frozenset[str] = frozenset(), ignore_cooldowns: bool = False
+    ) -> Upstream | None:
+        """An endpoint of `pool` that is not cooling down and not in `exclude`; None when none is.
+
+        With `ignore_cooldowns`, endpoints cooling down are candidates too: the last resort when
+        no other is left, so that cooldowns never empty a pool whose engines still answer.
+        """
         ...
 
     def succeeded(self, upstream: Upstream, *, latency_s: float) -> None:
@@ -40,7 +46,13 @@ class Balancer(Protocol):
         ...
 
     def failed(self, upstream: Upstream, *, status: int | None, error: str) -> None:
-        """Reports a failed attempt; enough failures cool the endpoint down."""
+        """Reports an attempt that failed through the endpoint's fault; `allowed_fails` of them in a
+        row (no success between) and the next cools the endpoint down."""
+        ...
+
+    def rejected(self, upstream: Upstream) -> None:
+        """Reports an attempt the endpoint refused because of the request itself: it ends the
+        attempt for the strategy and counts neither for nor against the endpoint."""
         ...
 
     def fallbacks(self, pool: str) -> list[str]:

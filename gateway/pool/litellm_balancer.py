@@ -7,11 +7,14 @@ entry points (litellm 1.110, a facade over a Rust routing core):
 - `select(group, request)` picks a deployment honouring cooldowns and the routing strategy;
   `_excluded_deployment_ids` in the request is the Router's own narrowing key (its weighted
   failover uses it), so `exclude` is honoured inside the strategy rather than by re-picking.
-- `health().record_failure(id, error, status)` counts a failure against the deployment and cools
-  it down by the Router's rules: more than `allowed_fails` cooldown-worthy failures in a minute
-  (5xx, 408/504, 429, 401/403/404, no answer at all); a 400-class error of the request itself
-  never cools an endpoint down. `cooldown_seconds: 0` turns cooldowns off (litellm would
-  otherwise read 0 as "use the 5 s default").
+- `health().record_failure(id, error, status)` cools the deployment down by the Router's rules
+  (5xx, 408/504, 429, 401/403/404, no answer at all; a 400-class error never cools an endpoint
+  down). The Router counts failures per minute, which under load cools down every endpoint of
+  a pool that fails a steady share of requests; so the balancer counts failures in a row
+  itself (a success resets the count) and reports one to the Router, configured with
+  `allowed_fails: 0`, only when the count passes `router.allowed_fails`. The cooldown itself
+  (and with Redis, its sharing between replicas) stays the Router's. `cooldown_seconds: 0`
+  turns cooldowns off (litellm would otherwise read 0 as "use the 5 s default").
 - `sync_deployment_callback_on_success` counts the success, which litellm's failure-rate rule reads.
 - the strategy's own selector learns from outcomes, as litellm's logging pipeline would have told
   it during `acompletion` (`_StrategyFeedback` below).
@@ -109,14 +112,21 @@ class LitellmBalancer:
         configured = self._router.settings().fallbacks or []
         self._fallbacks = {name: list(fallback_chain(configured, name)[0] or []) for name in self._pools}
         self._feedback = _feedback_for(self._router, config.router.strategy)
+        self._allowed_fails = config.router.allowed_fails
+        self._fails_in_a_row: dict[str, int] = {}  # endpoint id -> failures since its last success
         if self._by_id:
             _warm_up(self._router, next(iter(self._by_id.values())))
 
-    async def choose(self, pool: str, *, exclude: frozenset[str] = frozenset()) -> Upstream | None:
-        """An endpoint of `pool` that is not cooling down and not in `exclude`; None when none is."""
+    async def choose(
+        self, pool: str, *, exclude: frozenset[str] = frozenset(), ignore_cooldowns: bool = False
+    ) -> Upstream | None:
+        """An endpoint of `pool` that is not cooling down and not in `exclude`; None when none is.
+        With `ignore_cooldowns`, a weighted random pick among all those not in `exclude`."""
         name = self._names.get(pool)
         if name is None:
             return None
+        if ignore_cooldowns:
+            return self._any_choice(name, exclude)
         ids = [u.id for u in self._pools[name] if u.id in exclude]
         if len(ids) == len(self._pools[name]):
             return None
@@ -143,10 +153,19 @@ class LitellmBalancer:
             return healthy[0]
         return random.choices(healthy, weights=[self._weights[u.id] for u in healthy])[0]
 
+    def _any_choice(self, pool: str, exclude: frozenset[str]) -> Upstream | None:
+        """The last resort when every endpoint left is cooling down: any of them, by weight."""
+        candidates = [u for u in self._pools[pool] if u.id not in exclude]
+        if not candidates:
+            return None
+        upstream = random.choices(candidates, weights=[self._weights[u.id] for u in candidates])[0]
+        self._feedback.started(upstream)
+        return upstream
+
     async def _cooling(self, pool: str) -> frozenset[str]:
         """The endpoints of `pool` in litellm's cooldown store, read at most every
         `COOLING_VIEW_S` (each read costs ~30 us of litellm's bookkeeping; under load that is
-        thousands a second). A failure reported here drops the view at once; cooldowns set by
+        thousands a second). A cooldown set here drops the view at once; cooldowns set by
         another replica arrive through litellm's own local view of Redis, itself a cache."""
         now = time.monotonic()
         view = self._cooling_view.get(pool)
@@ -161,12 +180,25 @@ class LitellmBalancer:
         """Reports a request that got its answer (or first token) from `upstream`."""
         self._router.sync_deployment_callback_on_success(_call(upstream), None, None, None)
         self._feedback.succeeded(upstream, latency_s)
+        if self._fails_in_a_row:
+            self._fails_in_a_row.pop(upstream.id, None)
 
     def failed(self, upstream: Upstream, *, status: int | None, error: str) -> None:
-        """Reports a failed attempt; enough failures cool the endpoint down (litellm's rules)."""
+        """Reports an attempt that failed through the endpoint's fault; the failure after
+        `allowed_fails` in a row cools the endpoint down (by litellm's rules for its status)."""
+        self._feedback.failed(upstream)
+        in_a_row = self._fails_in_a_row.get(upstream.id, 0) + 1
+        if in_a_row <= self._allowed_fails:
+            self._fails_in_a_row[upstream.id] = in_a_row
+            return
+        self._fails_in_a_row.pop(upstream.id, None)
         code = _failure_status(status)
         self._health.record_failure(upstream.id, _litellm_error(upstream, code, error), code)
         self._cooling_view.clear()
+
+    def rejected(self, upstream: Upstream) -> None:
+        """Reports an attempt refused because of the request itself: not counted against the
+        endpoint (no failure, no cooldown); the strategy only learns that the attempt ended."""
         self._feedback.failed(upstream)
 
     def fallbacks(self, pool: str) -> list[str]:
@@ -242,7 +274,8 @@ def _router_arguments(config: GatewayConfig, model_list: list[dict[str, Any]]) -
         "model_list": model_list,
         "routing_strategy": router.strategy,
         "num_retries": router.num_retries,
-        "allowed_fails": router.allowed_fails,
+        # The balancer counts failures in a row and reports only the one that cools down.
+        "allowed_fails": 0,
         "fallbacks": [{p.name: list(p.fallbacks)} for p in config.pools if p.fallbacks],
     }
     if router.cooldown_seconds > 0:

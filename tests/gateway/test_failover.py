@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import random
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import openai
@@ -12,8 +15,8 @@ from openai import AsyncOpenAI
 
 from gateway.server import GatewayServer
 from simulators.faults import Faults
-from simulators.vllm import VllmSimulator
-from tests.gateway.conftest import StartGateway
+from simulators.vllm import VllmModel, VllmSimConfig, VllmSimulator
+from tests.gateway.conftest import CONTEXT, SERVED, StartGateway, gateway_config
 
 PROMPT = [{"role": "user", "content": "Say hello. /no_think"}]
 
@@ -131,3 +134,94 @@ async def test_over_the_in_flight_bound_is_429_with_retry_after(
     assert len(limited) == 3 and sum(not isinstance(r, Exception) for r in results) == 2
     assert limited[0].response.headers["retry-after"] == "2"
     assert "max_in_flight" in limited[0].message
+
+
+@pytest.fixture
+async def four_engines() -> AsyncIterator[list[VllmSimulator]]:
+    sims = [
+        VllmSimulator(
+            VllmSimConfig(models=[VllmModel(name=SERVED, max_model_len=CONTEXT)], seed=i, output_tokens=4)
+        )
+        for i in range(4)
+    ]
+    for sim in sims:
+        await sim.start()
+    yield sims
+    for sim in sims:
+        await sim.stop()
+
+
+async def send_in_turn(engines: list[VllmSimulator], count: int, **router: Any) -> int:
+    """Sends `count` requests one after another through a gateway over `engines`; the failures."""
+    server = GatewayServer(gateway_config([e.url for e in engines], router=router))
+    await server.start()
+    failed = 0
+    try:
+        async with AsyncOpenAI(
+            base_url=f"http://127.0.0.1:{server.http_port}/v1", api_key="x", max_retries=0
+        ) as c:
+            for _ in range(count):
+                try:
+                    await c.chat.completions.create(model="qwen3", messages=PROMPT)
+                except openai.APIStatusError:
+                    failed += 1
+    finally:
+        await server.stop()
+    return failed
+
+
+async def test_retries_keep_the_callers_error_rate_far_below_the_engines(
+    four_engines: list[VllmSimulator],
+) -> None:
+    random.seed(15)  # the balancer's picks; the engines' error draws are seeded by theirs
+    for engine in four_engines:
+        engine.set_faults(Faults(error_rate=0.3, error_status=500))
+    # Cooldowns as eager as they come (allowed_fails=1, 30 s): still fewer than 1 in 5 fail.
+    failed = await send_in_turn(four_engines, 100)
+    assert failed < 20
+
+
+async def test_in_an_outage_retries_add_no_more_than_the_retry_budget(
+    four_engines: list[VllmSimulator],
+) -> None:
+    for engine in four_engines:
+        engine.set_faults(Faults(error_rate=1.0, error_status=503))
+    failed = await send_in_turn(
+        four_engines, 100, cooldown_seconds=0, retry_budget_ratio=0.2, retry_budget_min_retries=5
+    )
+    assert failed == 100
+    assert sum(len(e.requests) for e in four_engines) <= 100 + 20 + 5
+
+
+async def test_cooldowns_never_empty_a_pool_that_still_answers(
+    start_gateway: StartGateway, engines: list[VllmSimulator]
+) -> None:
+    server = await start_gateway(router={"allowed_fails": 0, "cooldown_seconds": 60})
+    for engine in engines:
+        engine.set_faults(Faults(error_rate=1.0, error_status=503))
+    async with AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{server.http_port}/v1", api_key="x", max_retries=0
+    ) as c:
+        with pytest.raises(openai.APIStatusError):
+            await c.chat.completions.create(model="qwen3", messages=PROMPT)
+        assert [len(e.requests) for e in engines] == [1, 1]  # both cooling down now
+        for engine in engines:
+            engine.set_faults(Faults())
+        answer = await c.chat.completions.create(model="qwen3", messages=PROMPT)
+    assert answer.choices[0].message.content
+
+
+async def test_a_hung_engine_holds_a_whole_answer_only_until_the_first_token_deadline(
+    start_gateway: StartGateway, engines: list[VllmSimulator]
+) -> None:
+    engines[0].set_faults(Faults(hang=True))
+    server = await start_gateway(router={"first_token_timeout_seconds": 0.5, "timeout_seconds": 120})
+    async with AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{server.http_port}/v1", api_key="x", max_retries=0
+    ) as c:
+        while not engines[0].requests:
+            # Far below timeout_seconds: the hung engine must be left after 0.5 s.
+            async with asyncio.timeout(20):
+                answer = await c.chat.completions.create(model="qwen3", messages=PROMPT)
+            assert answer.choices[0].message.content
+    assert engines[1].requests

@@ -132,6 +132,39 @@ async def test_no_endpoint_is_chosen_while_all_cool_down(make_balancer: MakeBala
     assert await balancer.choose("qwen") is None
 
 
+async def test_a_success_between_failures_keeps_an_endpoint_in_use(make_balancer: MakeBalancer) -> None:
+    balancer = make_balancer(allowed_fails=2, cooldown_seconds=60)
+    flaky = balancer.upstreams("qwen")[0]
+    for _ in range(4):  # failures, but never more than two in a row
+        balancer.failed(flaky, status=500, error="engine error")
+        balancer.failed(flaky, status=503, error="server busy")
+        balancer.succeeded(flaky, latency_s=0.1)
+    assert flaky.id in await chosen_ids(balancer)
+
+
+async def test_a_refusal_of_the_request_never_counts_against_an_endpoint(make_balancer: MakeBalancer) -> None:
+    balancer = make_balancer(allowed_fails=0, cooldown_seconds=60)
+    upstream = balancer.upstreams("qwen")[0]
+    for _ in range(5):
+        balancer.rejected(upstream)
+    assert upstream.id in await chosen_ids(balancer)
+
+
+@pytest.mark.parametrize("strategy", ["simple-shuffle", "least-busy"])
+async def test_ignoring_cooldowns_chooses_among_cooling_endpoints(
+    make_balancer: MakeBalancer, strategy: str
+) -> None:
+    balancer = make_balancer(allowed_fails=0, cooldown_seconds=60, strategy=strategy)
+    first, *others = balancer.upstreams("qwen")
+    for upstream in (first, *others):
+        balancer.failed(upstream, status=503, error="server busy")
+    assert await balancer.choose("qwen") is None
+    others_ids = frozenset(u.id for u in others)
+    chosen = await balancer.choose("qwen", exclude=others_ids, ignore_cooldowns=True)
+    assert chosen == first
+    assert await balancer.choose("qwen", exclude=others_ids | {first.id}, ignore_cooldowns=True) is None
+
+
 async def test_zero_cooldown_keeps_failing_endpoints_in_use(make_balancer: MakeBalancer) -> None:
     balancer = make_balancer(allowed_fails=0, cooldown_seconds=0)
     upstream = balancer.upstreams("qwen")[0]
