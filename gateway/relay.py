@@ -98,22 +98,6 @@ class Relay:
             raise await _failed_response(upstream, resp)
         return resp
 
-    async def read_json(self, upstream: Upstream, resp: Response) -> dict[str, Any]:
-        """The body of a non-streamed answer."""
-        try:
-            data = await resp.read()
-        except (Unreachable, TimeoutError) as exc:
-            raise AttemptFailed(f"{upstream.id}: answer cut: {type(exc).__name__}") from None
-        finally:
-            resp.release()
-        try:
-            parsed = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise AttemptFailed(f"{upstream.id}: answer is not JSON") from None
-        if not isinstance(parsed, dict):
-            raise AttemptFailed(f"{upstream.id}: answer is not a JSON object")
-        return parsed
-
 
 async def _failed_response(upstream: Upstream, resp: Response) -> AttemptFailed:
     status = resp.status
@@ -159,20 +143,6 @@ def parse_usage(raw: dict[str, Any] | None) -> Usage | None:
         completion_tokens=raw.get("completion_tokens") or 0,
         reasoning_tokens=details.get("reasoning_tokens") or 0,
     )
-
-
-def parse_completion(data: dict[str, Any]) -> tuple[Chunk, str]:
-    """A non-streamed answer as one chunk, plus the engine's response id."""
-    choices = data.get("choices") or [{}]
-    msg = choices[0].get("message") or {}
-    chunk = Chunk(
-        content=msg.get("content") or "",
-        reasoning=msg.get("reasoning") or msg.get("reasoning_content") or "",
-        tool_calls=_tool_calls(msg.get("tool_calls")),
-        finish_reason=choices[0].get("finish_reason") or "stop",
-        usage=parse_usage(data.get("usage")) or Usage(),
-    )
-    return chunk, str(data.get("id") or "")
 
 
 def _event_chunk(event: dict[str, Any]) -> Chunk | None:

@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.config import GatewayConfig, Pool
 from gateway.pool import Balancer, Upstream
-from gateway.relay import AttemptFailed, Relay, StreamBroken, first_batch, parse_completion, stream_chunks
+from gateway.relay import AttemptFailed, Relay, StreamBroken, first_batch, stream_chunks
 from gateway.retry_budget import RetryBudget
-from tandem.chat import ChatRequest, ChatResult, Chunk, Mode, RouteDecision, Usage
+from tandem.chat import ChatRequest, ChatResult, Chunk, Mode, RouteDecision, Usage, assemble
 from tandem.errors import (
     BadRequest,
     ContextTooLong,
@@ -103,13 +103,12 @@ class ActiveStream:
 
     async def batches(self) -> AsyncGenerator[list[Chunk], None]:
         """All chunks, first batch included. Raises `UpstreamFailed` if the engine breaks off."""
-        admission = self._admission
         try:
+            # A short answer's whole stream, usage included, may be in the first batch.
+            self._note_usage(self.first)
             yield self.first
             async for batch in self._rest:
-                usage = batch[-1].usage  # usage comes last, after the final answer chunk
-                if usage is not None:
-                    admission.used_tokens = usage.total_tokens
+                self._note_usage(batch)
                 yield batch
         except StreamBroken as exc:
             assert self._admission.upstream is not None
@@ -117,6 +116,11 @@ class ActiveStream:
             raise UpstreamFailed(f"the engine failed mid-stream: {exc}") from None
         finally:
             await self.close()
+
+    def _note_usage(self, batch: list[Chunk]) -> None:
+        usage = batch[-1].usage if batch else None  # usage comes last, after the final answer chunk
+        if usage is not None:
+            self._admission.used_tokens = usage.total_tokens
 
     async def close(self) -> None:
         # Closing the generator releases the upstream connection when the caller went away.
@@ -331,46 +335,29 @@ class GatewayService:
         )
 
     async def complete(self, req: ChatRequest, tenant: Tenant | None = None) -> ChatResult:
-        """A whole answer. Retries on other endpoints and pools until one answers."""
-        decision, _ = self.decide(req, tenant)
-        admission = self._admit()
-        failures: list[AttemptFailed] = []
-        router = self.config.router
-        try:
-            admission.grant = await self.limits.acquire(tenant, decision.estimated_tokens)
-            async with self._attempts(decision, admission) as attempts:
-                async for upstream in attempts:
-                    started = time.perf_counter()
-                    try:
-                        resp = await self.relay.open(
-                            upstream,
-                            self._body(req, decision, upstream, stream=False),
-                            # A hung engine answers nothing at all: another endpoint gets the
-                            # request after the first-token deadline, not the whole-answer cap.
-                            first_byte_timeout=router.first_token_timeout_seconds,
-                            total_timeout=router.timeout_seconds,
-                        )
-                        data = await self.relay.read_json(upstream, resp)
-                    except AttemptFailed as exc:
-                        self._fail(upstream, exc, failures)
-                        continue
-                    self._succeeded(upstream, time.perf_counter() - started)
-                    chunk, engine_id = parse_completion(data)
-                    admission.used_tokens = chunk.usage.total_tokens if chunk.usage else None
-                    return ChatResult(
-                        id=f"chatcmpl-{req.request_id or engine_id}",
-                        model=req.model,
-                        content=chunk.content,
-                        reasoning=chunk.reasoning,
-                        tool_calls=chunk.tool_calls,
-                        finish_reason=chunk.finish_reason or "stop",
-                        usage=chunk.usage or Usage(),
-                        created=int(time.time()),
-                        route=decision,
-                    )
-            raise self._exhausted(decision, failures, admission)
-        finally:
-            admission.release()
+        """A whole answer, streamed from the engine and assembled here.
+
+        An engine sends a non-streamed answer only once it has all of it, so waiting for one
+        cannot tell a hung engine from a long answer. Streamed, the first token has its own
+        deadline (`first_token_timeout_seconds`, then another endpoint gets the request) and a
+        long thinking answer only the whole-request cap (`timeout_seconds`).
+        """
+        active = await self.stream(req, tenant)
+        chunks: list[Chunk] = []
+        async for batch in active.batches():
+            chunks.extend(batch)
+        whole = assemble(chunks)
+        return ChatResult(
+            id=active.id,
+            model=req.model,
+            content=whole.content,
+            reasoning=whole.reasoning,
+            tool_calls=whole.tool_calls,
+            finish_reason=whole.finish_reason or "stop",
+            usage=whole.usage or Usage(),
+            created=active.created,
+            route=active.decision,
+        )
 
     async def stream(self, req: ChatRequest, tenant: Tenant | None = None) -> ActiveStream:
         """Starts a stream and waits for its first chunks, retrying elsewhere until they come.

@@ -8,6 +8,7 @@ on the hot path and easy to read in a test.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -147,6 +148,37 @@ class Chunk:
     # Set on a source's last chunk when the source knows nothing follows it, so that a face
     # can end its reply in the same write as the last batch (one send instead of two or three).
     final: bool = False
+
+
+def assemble(chunks: Iterable[Chunk]) -> Chunk:
+    """The whole answer a stream's chunks add up to: text and reasoning joined; tool-call deltas
+    joined per index (id, name and type from the first delta that has them, the arguments'
+    pieces in order); the last finish reason and usage."""
+    content: list[str] = []
+    reasoning: list[str] = []
+    calls: dict[int, ToolCall] = {}
+    arguments: dict[int, list[str]] = {}
+    out = Chunk()
+    for chunk in chunks:
+        content.append(chunk.content)
+        reasoning.append(chunk.reasoning)
+        for delta in chunk.tool_calls:
+            call = calls.get(delta.index)
+            if call is None:
+                call = calls[delta.index] = ToolCall(id="", name="", arguments="", index=delta.index)
+                arguments[delta.index] = []
+            call.id = call.id or delta.id
+            call.name = call.name or delta.name
+            call.type = delta.type or call.type
+            arguments[delta.index].append(delta.arguments)
+        out.finish_reason = chunk.finish_reason or out.finish_reason
+        out.usage = chunk.usage or out.usage
+    for index, call in calls.items():
+        call.arguments = "".join(arguments[index])
+    out.content = "".join(content)
+    out.reasoning = "".join(reasoning)
+    out.tool_calls = [calls[i] for i in sorted(calls)]
+    return out
 
 
 @dataclass(slots=True)

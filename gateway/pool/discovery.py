@@ -226,7 +226,7 @@ class EndpointWatch:
     `start()` resolves once (the first set, reported as all added) and then again every
     `source.interval_s`; `refresh_soon()` asks for a resolution now (after a failed request),
     at most one per `min_gap_s` however often it is called. A failed resolution keeps the last
-    known set: one warning when resolutions start failing, one info line when they work again.
+    known set: one warning when resolutions start failing, one more when they work again (a warning too, so a process logging warnings only sees both).
     """
 
     def __init__(
@@ -278,7 +278,7 @@ class EndpointWatch:
                 self._failed(str(exc))
                 return None
             if self._failing is not None:
-                log.info("discovery_recovered", source=self.source.describe(), endpoints=len(found))
+                log.warning("discovery_recovered", source=self.source.describe(), endpoints=len(found))
                 self._failing = None
             added, removed = found - self._current, self._current - found
             if not added and not removed:

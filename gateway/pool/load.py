@@ -258,7 +258,7 @@ class LoadScraper:
             return
         self._loads[name] = reading
         if self._failing.pop(name, None) is not None:
-            log.info("load_scrape_recovered", endpoint=name, url=target.metrics_url)
+            log.warning("load_scrape_recovered", endpoint=name, url=target.metrics_url)
 
     def _failed(self, name: str, target: ScrapeTarget, why: str) -> None:
         if name not in self._failing and name in self._targets:
