@@ -226,7 +226,7 @@ class EndpointWatch:
     `start()` resolves once (the first set, reported as all added) and then again every
     `source.interval_s`; `refresh_soon()` asks for a resolution now (after a failed request),
     at most one per `min_gap_s` however often it is called. A failed resolution keeps the last
-    known set: one warning when resolutions start failing, one more when they work again (a warning too, so a process logging warnings only sees both).
+    known set: one warning when resolutions start failing, one when they work again.
     """
 
     def __init__(
