@@ -279,7 +279,7 @@ class GatewayService:
                     first = False
                     tried[pool].add(upstream.id)
                     admission.take_upstream(upstream)
-                    decision.deployment = upstream.id
+                    decision.deployment = upstream.label
                     yield upstream
                     admission.drop_upstream()
 
@@ -314,7 +314,7 @@ class GatewayService:
                 raise _request_error(exc)
         else:
             self.balancer.failed(upstream, status=exc.status, error=exc.message)
-            self.metrics.upstream_failures.labels(upstream.id, str(exc.status or "connect")).inc()
+            self.metrics.upstream_failures.labels(upstream.label, str(exc.status or "connect")).inc()
             log.warning("upstream_attempt_failed", upstream=upstream.id, status=exc.status, error=exc.message)
         failures.append(exc)
 

@@ -8,6 +8,8 @@ module in Tandem that imports litellm.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,6 +28,17 @@ class Upstream:
     max_concurrency: int
     context_length: int
     tls: ClientTLS | None = None  # for an https:// endpoint: whom to trust, our client certificate
+
+    @property
+    def label(self) -> str:
+        """What callers and `/metrics` see: the pool and a digest of the URL, stable across
+        replicas and restarts, that names no host or port (those stay in the gateway's logs)."""
+        return _label(self.pool, self.base_url)
+
+
+@functools.lru_cache(maxsize=4096)
+def _label(pool: str, base_url: str) -> str:
+    return f"{pool}/{hashlib.sha256(base_url.encode()).hexdigest()[:8]}"
 
 
 class Balancer(Protocol):
