@@ -36,6 +36,7 @@ from tandem.errors import (
     RateLimited,
     TandemError,
     Unauthenticated,
+    UnsupportedEncoding,
     UpstreamFailed,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -441,6 +442,7 @@ HEARTBEAT = b": keep-alive\n\n"
 
 _STATUS: list[tuple[type[TandemError], int]] = [
     (PayloadTooLarge, 413),
+    (UnsupportedEncoding, 415),
     (ContextTooLong, 400),
     (BadRequest, 400),
     (Unauthenticated, 401),

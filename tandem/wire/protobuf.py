@@ -34,6 +34,7 @@ from tandem.errors import (
     RateLimited,
     TandemError,
     Unauthenticated,
+    UnsupportedEncoding,
     UpstreamFailed,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -317,6 +318,7 @@ def result_chunks(r: ChatResult) -> Chunk:
 
 _CODES: list[tuple[type[TandemError], grpc.StatusCode]] = [
     (PayloadTooLarge, grpc.StatusCode.INVALID_ARGUMENT),
+    (UnsupportedEncoding, grpc.StatusCode.INVALID_ARGUMENT),
     (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
