@@ -17,8 +17,8 @@ from aiohttp import web
 from edge_agent.service import SERVICE_KEY, EdgeService, EdgeStream
 from tandem.chat import Chunk, Usage
 from tandem.errors import TandemError
-from tandem.http_io import StreamFormat, json_response, read_body, write_stream
-from tandem.logs import bind_request, get_logger, new_request_id
+from tandem.http_io import BODY_LIMITS, StreamFormat, json_response, read_body, request_id, write_stream
+from tandem.logs import bind_request, get_logger
 from tandem.version import tandem_version
 from tandem.wire import ollama as wire
 from tandem.wire.openai import MODE_HEADER, ROUTE_HEADER
@@ -43,20 +43,20 @@ async def generate(request: web.Request) -> web.StreamResponse:
 
 async def _answer(request: web.Request, *, chat: bool) -> web.StreamResponse:
     service = request.app[SERVICE_KEY]
-    request_id = request.headers.get("x-request-id") or new_request_id()
-    bind_request(request_id)
+    rid = request_id(request)
+    bind_request(rid)
     started = time.perf_counter()
-    headers = {"x-request-id": request_id}
+    headers = {"x-request-id": rid}
     gen = None
     try:
-        body = await read_body(request, service.config.listen.max_body_bytes)
+        body = await read_body(request, request.app[BODY_LIMITS])
         mode_header = request.headers.get(MODE_HEADER)
         if chat:
             req = wire.parse_chat(body, mode_header=mode_header)
         else:
             gen = wire.parse_generate(body, mode_header=mode_header)
             req = gen.chat
-        req.request_id = request_id
+        req.request_id = rid
         enc = wire.NdjsonEncoder(req.model, chat=chat)
         if not req.stream:
             result = await service.complete(req, generate=gen)

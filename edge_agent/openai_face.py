@@ -15,8 +15,15 @@ from aiohttp import web
 
 from edge_agent.service import SERVICE_KEY
 from tandem.errors import TandemError
-from tandem.http_io import json_response, openai_stream_format, read_body, write_stream
-from tandem.logs import bind_request, get_logger, new_request_id
+from tandem.http_io import (
+    BODY_LIMITS,
+    json_response,
+    openai_stream_format,
+    read_body,
+    request_id,
+    write_stream,
+)
+from tandem.logs import bind_request, get_logger
 from tandem.wire import openai as wire
 
 log = get_logger("tandem.edge.openai")
@@ -31,14 +38,14 @@ def error_response(err: TandemError, headers: dict[str, str] | None = None) -> w
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE_KEY]
-    request_id = request.headers.get("x-request-id") or new_request_id()
-    bind_request(request_id)
+    rid = request_id(request)
+    bind_request(rid)
     started = time.perf_counter()
-    headers = {"x-request-id": request_id}
+    headers = {"x-request-id": rid}
     try:
-        body = await read_body(request, service.config.listen.max_body_bytes)
+        body = await read_body(request, request.app[BODY_LIMITS])
         req = wire.parse_request(body, mode_header=request.headers.get(wire.MODE_HEADER))
-        req.request_id = request_id
+        req.request_id = rid
         if not req.stream:
             result = await service.complete(req)
             headers[wire.ROUTE_HEADER] = result.route.header()

@@ -23,7 +23,7 @@ from edge_agent import ollama_face, openai_face, vitals
 from edge_agent.config import EdgeConfig
 from edge_agent.service import SERVICE_KEY, EdgeService
 from tandem.errors import BadRequest, TandemError
-from tandem.http_io import json_response
+from tandem.http_io import BODY_LIMITS, BodyLimits, ConnectionTimeouts, HttpSite, app_runner, json_response
 from tandem.logs import get_logger
 from tandem.metrics import CONTENT_TYPE
 from tandem.v1 import gateway_pb2 as pb
@@ -105,6 +105,12 @@ def build_app(service: EdgeService, ready: asyncio.Event) -> web.Application:
     )
     app[SERVICE_KEY] = service
     app[READY_KEY] = ready
+    listen = service.config.listen
+    app[BODY_LIMITS] = BodyLimits(
+        max_bytes=listen.max_body_bytes,
+        max_inflated_bytes=listen.max_inflated_bytes,
+        encodings=frozenset(listen.accepted_encodings),
+    )
     openai_face.add_routes(app)
     ollama_face.add_routes(app)
     app.router.add_get("/healthz", healthz)
@@ -124,7 +130,7 @@ class EdgeServer:
         self._started_at = started_at if started_at is not None else time.monotonic()
         self._app = build_app(self.service, self.ready)
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._site: HttpSite | None = None
         self.model_sync: ModelSync | None = None
         self._sync_task: asyncio.Task[None] | None = None
 
@@ -136,17 +142,14 @@ class EdgeServer:
         cfg = self.config
         await self.service.start()
         await self._start_model_sync()
-        self._runner = web.AppRunner(
-            self._app, handle_signals=False, access_log=None, shutdown_timeout=cfg.shutdown_grace_seconds
+        timeouts = ConnectionTimeouts(
+            idle_s=cfg.listen.idle_timeout_seconds, headers_s=cfg.listen.header_timeout_seconds
         )
+        self._runner = app_runner(self._app, timeouts, shutdown_timeout=cfg.shutdown_grace_seconds)
         await self._runner.setup()
-        self._site = web.TCPSite(
-            self._runner, cfg.listen.host, cfg.listen.port, backlog=1024, reuse_address=True
-        )
+        self._site = HttpSite(self._runner, cfg.listen.host, cfg.listen.port, timeouts)
         await self._site.start()
-        server = self._site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self.port = self._site.bound_port
         self.service.startup_seconds = round(vitals.process_age_seconds(self._started_at), 3)
         self.ready.set()
 

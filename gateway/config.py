@@ -52,6 +52,15 @@ class HttpListen(Listen):
     # An SSE comment is sent when a stream has been silent this long (a long thinking phase
     # must not look like a dead connection to an idle proxy).
     sse_heartbeat_seconds: float = Field(10.0, gt=0)
+    # Request bodies sent with Content-Encoding: only these are inflated (gzip, deflate); any
+    # other encoding, and these when not listed, is refused with 415 before the body is read.
+    accepted_encodings: list[Literal["gzip", "deflate"]] = Field(default_factory=list)
+    # A compressed body may inflate to at most this many bytes (413 as soon as it passes).
+    max_inflated_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # A connection that sends nothing this long (before its first request or between requests)
+    # is closed; so is one whose request headers, once started, take longer than the second.
+    idle_timeout_seconds: float = Field(60.0, gt=0)
+    header_timeout_seconds: float = Field(15.0, gt=0)
 
 
 class Endpoint(Section):

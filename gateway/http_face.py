@@ -21,8 +21,16 @@ from gateway.service import ActiveStream, GatewayService
 from gateway.state import Tenant
 from tandem.chat import ChatRequest
 from tandem.errors import BadRequest, TandemError
-from tandem.http_io import json_response, openai_stream_format, read_body, write_stream
-from tandem.logs import bind_request, get_logger, new_request_id
+from tandem.http_io import (
+    BODY_LIMITS,
+    BodyLimits,
+    json_response,
+    openai_stream_format,
+    read_body,
+    request_id,
+    write_stream,
+)
+from tandem.logs import bind_request, get_logger
 from tandem.metrics import CONTENT_TYPE
 from tandem.wire import openai as wire
 
@@ -52,16 +60,16 @@ async def authenticate(request: web.Request, service: GatewayService) -> Tenant 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE_KEY]
-    request_id = request.headers.get("x-request-id") or new_request_id()
-    bind_request(request_id)
+    rid = request_id(request)
+    bind_request(rid)
     started = time.perf_counter()
-    route_header: dict[str, str] = {"x-request-id": request_id}
+    route_header: dict[str, str] = {"x-request-id": rid}
     req: ChatRequest | None = None
     try:
         tenant = await authenticate(request, service)
-        body = await read_body(request, service.config.http.max_body_bytes)
+        body = await read_body(request, request.app[BODY_LIMITS])
         req = wire.parse_request(body, mode_header=request.headers.get(wire.MODE_HEADER))
-        req.request_id = request_id
+        req.request_id = rid
         if tenant is not None:
             req.tenant = tenant.name
         if not req.stream:
@@ -170,6 +178,12 @@ def build_app(service: GatewayService, ready: asyncio.Event) -> web.Application:
     )
     app[SERVICE_KEY] = service
     app[READY_KEY] = ready
+    http = service.config.http
+    app[BODY_LIMITS] = BodyLimits(
+        max_bytes=http.max_body_bytes,
+        max_inflated_bytes=http.max_inflated_bytes,
+        encodings=frozenset(http.accepted_encodings),
+    )
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/healthz", healthz)

@@ -22,6 +22,7 @@ from gateway.grpc_face import bind, build_server
 from gateway.http_face import build_app
 from gateway.pool import Balancer
 from gateway.service import GatewayService
+from tandem.http_io import ConnectionTimeouts, HttpSite, app_runner
 from tandem.logs import get_logger
 
 log = get_logger("tandem.gateway")
@@ -48,7 +49,7 @@ class GatewayServer:
         self.grpc_port = 0
         self.http_port = 0
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._site: HttpSite | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -56,18 +57,16 @@ class GatewayServer:
         self._grpc, self._health = build_server(self.service, self.fleet)
         self.grpc_port = bind(self._grpc, cfg.grpc.host, cfg.grpc.port, cfg.grpc.tls)
         await self._grpc.start()
-        self._runner = web.AppRunner(
-            build_app(self.service, self.ready),
-            handle_signals=False,
-            access_log=None,
-            shutdown_timeout=cfg.shutdown_grace_seconds,
+        timeouts = ConnectionTimeouts(
+            idle_s=cfg.http.idle_timeout_seconds, headers_s=cfg.http.header_timeout_seconds
+        )
+        self._runner = app_runner(
+            build_app(self.service, self.ready), timeouts, shutdown_timeout=cfg.shutdown_grace_seconds
         )
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, cfg.http.host, cfg.http.port, backlog=1024, reuse_address=True)
+        self._site = HttpSite(self._runner, cfg.http.host, cfg.http.port, timeouts)
         await self._site.start()
-        server = self._site._server
-        assert server is not None
-        self.http_port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self.http_port = self._site.bound_port
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set("tandem.v1.Gateway", health_pb2.HealthCheckResponse.SERVING)
         self.ready.set()

@@ -31,6 +31,12 @@ class PayloadTooLarge(TandemError):
     kind = "payload_too_large"
 
 
+class UnsupportedEncoding(TandemError):
+    """The body's Content-Encoding is not one this listener inflates (HTTP 415)."""
+
+    kind = "unsupported_encoding"
+
+
 class ContextTooLong(BadRequest):
     """Prompt plus requested output exceed the model's context (HTTP 400, INVALID_ARGUMENT)."""
 

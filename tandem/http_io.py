@@ -1,4 +1,5 @@
-"""HTTP plumbing both processes' faces share: JSON answers, bodies read within a limit, and
+"""HTTP plumbing both processes' faces share: the listening site (connection timeouts), request
+ids, bodies read within limits (inflated here, capped, only where configured), JSON answers and
 streams. A stream is written batch by batch as its chunks arrive, a silent stream gets a
 keep-alive, a source that breaks off ends it with the face's error event, and a caller that
 goes away closes the source. Faces differ only in how they render (`StreamFormat`): SSE
@@ -12,16 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
+import zlib
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from tandem.chat import Chunk, RouteDecision
-from tandem.errors import PayloadTooLarge, TandemError
-from tandem.logs import get_logger
+from tandem.errors import BadRequest, PayloadTooLarge, TandemError, UnsupportedEncoding
+from tandem.logs import get_logger, new_request_id
 from tandem.wire import openai as openai_wire
 
 log = get_logger("tandem.http")
@@ -31,16 +35,217 @@ def json_response(body: bytes, status: int = 200, headers: dict[str, str] | None
     return web.Response(body=body, status=status, content_type="application/json", headers=headers)
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, refusing more than `limit` bytes without reading it all."""
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"request body is {request.content_length} bytes; the limit is {limit}")
+# --- connections -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionTimeouts:
+    """How long a connection may sit idle between requests (and before its first), and how long
+    a request's headers may take once they have started to arrive."""
+
+    idle_s: float
+    headers_s: float
+
+
+def app_runner(
+    app: web.Application, timeouts: ConnectionTimeouts, *, shutdown_timeout: float
+) -> web.AppRunner:
+    """The runner both processes serve their app with."""
+    return web.AppRunner(
+        app, handle_signals=False, shutdown_timeout=shutdown_timeout, **_handler_kwargs(timeouts)
+    )
+
+
+def _handler_kwargs(timeouts: ConnectionTimeouts) -> dict[str, Any]:
+    return {
+        "access_log": None,
+        # aiohttp's keep-alive timer also runs from the moment a connection opens, so it closes
+        # a connection that never sends a request as well as one idle between requests.
+        "keepalive_timeout": timeouts.idle_s,
+        # aiohttp would inflate a gzip/deflate body as it arrives, whether or not the handler
+        # reads it, and again while draining the body of a refused request: a 1 MiB bomb costs
+        # seconds of CPU before any key is checked. `read_body` inflates instead, capped, once
+        # the request is known to be able to succeed.
+        "auto_decompress": False,
+    }
+
+
+class _HeadersDeadline(RequestHandler):
+    """aiohttp's handler, closing a connection whose next request's headers started to arrive
+    but are not complete after `headers_s` (a slowloris would otherwise hold it until the idle
+    timeout, and with it a file descriptor)."""
+
+    __slots__ = ("_headers_s", "_headers_timer")
+
+    def __init__(self, manager: web.Server, *, headers_s: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._headers_s = headers_s
+        self._headers_timer: asyncio.TimerHandle | None = None
+
+    def _awaiting_headers(self) -> bool:
+        # aiohttp's handler loop holds `_waiter` while it waits for the next whole request.
+        return self._waiter is not None and not self._waiter.done()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._awaiting_headers():
+            if self._headers_timer is None:
+                self._headers_timer = self._loop.call_later(self._headers_s, self._headers_too_slow)
+        elif self._headers_timer is not None:
+            self._headers_timer.cancel()
+            self._headers_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._headers_timer = None
+        if self._awaiting_headers():
+            self.force_close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._headers_timer is not None:
+            self._headers_timer.cancel()
+            self._headers_timer = None
+        super().connection_lost(exc)
+
+
+class HttpSite(web.TCPSite):
+    """A TCP site whose connections get `_HeadersDeadline` handlers."""
+
+    __slots__ = ("_timeouts",)
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, timeouts: ConnectionTimeouts) -> None:
+        super().__init__(runner, host, port, backlog=1024, reuse_address=True)
+        self._timeouts = timeouts
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        manager = self._runner.server
+        assert manager is not None
+        loop = asyncio.get_running_loop()
+        kwargs = _handler_kwargs(self._timeouts)
+
+        def handler() -> RequestHandler:
+            return _HeadersDeadline(manager, loop=loop, headers_s=self._timeouts.headers_s, **kwargs)
+
+        self._server = await loop.create_server(
+            handler, self._host, self._port, backlog=self._backlog, reuse_address=self._reuse_address
+        )
+
+    @property
+    def bound_port(self) -> int:
+        assert self._server is not None
+        port: int = self._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return port
+
+
+# --- requests ----------------------------------------------------------------------------------
+
+# What a caller's `x-request-id` may be (the gRPC face holds it to the same): anything else,
+# bytes that are not UTF-8 included, is replaced by a new id rather than echoed or logged.
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._~:/+=@-]{1,128}")
+
+
+def request_id(request: web.Request) -> str:
+    """The caller's `x-request-id` when it is a valid one, else a new id."""
+    given = request.headers.get("x-request-id")
+    if given and _VALID_REQUEST_ID.fullmatch(given):
+        return given
+    return new_request_id()
+
+
+@dataclass(frozen=True, slots=True)
+class BodyLimits:
+    """What a face accepts as a request body: `max_bytes` as sent, `encodings` it inflates
+    (gzip, deflate; none by default), and `max_inflated_bytes` once inflated."""
+
+    max_bytes: int
+    max_inflated_bytes: int
+    encodings: frozenset[str] = frozenset()
+
+
+BODY_LIMITS = web.AppKey("body_limits", BodyLimits)
+
+_READ_PIECE = 64 * 1024
+# Each inflate step yields at most this much, so a bomb is stopped within one step of the cap
+# and never inflated further.
+_INFLATE_PIECE = 256 * 1024
+
+
+async def read_body(request: web.Request, limits: BodyLimits) -> bytes:
+    """The request body, refusing more than the limits allow without reading (or inflating) the
+    rest: `PayloadTooLarge` (413), `UnsupportedEncoding` (415), or `BadRequest` for a body
+    that is not in the encoding it claims."""
+    if request.content_length is not None and request.content_length > limits.max_bytes:
+        raise PayloadTooLarge(
+            f"request body is {request.content_length} bytes; the limit is {limits.max_bytes}"
+        )
+    inflater = _inflater(request.headers.get("Content-Encoding"), limits)
     body = bytearray()
-    async for data in request.content.iter_chunked(64 * 1024):
-        body += data
-        if len(body) > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+    received = 0
+    async for data in request.content.iter_chunked(_READ_PIECE):
+        received += len(data)
+        if received > limits.max_bytes:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limits.max_bytes} bytes")
+        if inflater is None:
+            body += data
+        else:
+            inflater.feed(data, body)
+    if inflater is not None:
+        inflater.end()
     return bytes(body)
+
+
+def _inflater(header: str | None, limits: BodyLimits) -> _Inflater | None:
+    encoding = (header or "").strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding not in limits.encodings:
+        accepted = " or ".join(sorted(limits.encodings))
+        hint = f"send it uncompressed or as {accepted}" if accepted else "send it uncompressed"
+        raise UnsupportedEncoding(f"Content-Encoding {encoding!r} is not accepted for request bodies; {hint}")
+    return _Inflater(encoding, limits.max_inflated_bytes)
+
+
+class _Inflater:
+    """Inflates a gzip or deflate body piece by piece, stopping as soon as it passes `cap`."""
+
+    __slots__ = ("_cap", "_encoding", "_out", "_z")
+
+    def __init__(self, encoding: str, cap: int) -> None:
+        self._encoding = encoding
+        self._cap = cap
+        self._out = 0
+        self._z: Any = None  # zlib's decompressor, chosen on the first byte for deflate
+
+    def feed(self, data: bytes, into: bytearray) -> None:
+        if self._z is None and data:
+            self._z = zlib.decompressobj(self._wbits(data[0]))
+        try:
+            while True:
+                piece = self._z.decompress(data, _INFLATE_PIECE)
+                self._out += len(piece)
+                if self._out > self._cap:
+                    raise PayloadTooLarge(
+                        f"request body inflates to more than the limit of {self._cap} bytes"
+                    )
+                into += piece
+                if self._z.unused_data:
+                    raise BadRequest(f"request body has data after the end of its {self._encoding} stream")
+                data = self._z.unconsumed_tail
+                # A full piece may leave output pending inside zlib: ask again until it is out.
+                if not data and len(piece) < _INFLATE_PIECE:
+                    return
+        except zlib.error:
+            raise BadRequest(f"request body is not valid {self._encoding} data") from None
+
+    def _wbits(self, first: int) -> int:
+        if self._encoding == "gzip":
+            return 16 + zlib.MAX_WBITS
+        # HTTP's "deflate" is zlib-wrapped, but some clients send raw deflate (as aiohttp allows).
+        return zlib.MAX_WBITS if first & 0x0F == 8 else -zlib.MAX_WBITS
+
+    def end(self) -> None:
+        if self._z is None or not self._z.eof:
+            raise BadRequest(f"request body is not complete {self._encoding} data")
 
 
 def openai_stream_format(stream_id: str, model: str, created: int, *, include_usage: bool) -> StreamFormat:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tandem import bounds
 from tandem.chat import (
     ChatRequest,
     ChatResult,
@@ -36,6 +37,7 @@ from tandem.errors import (
     TandemError,
 )
 from tandem.wire.openai import error_status as openai_error_status
+from tandem.wire.openai import main_error, passable
 
 W = TypeVar("W", bound=BaseModel)
 
@@ -54,7 +56,7 @@ class _Lenient(BaseModel):
 
 class WireToolFunction(_Lenient):
     name: str = ""
-    arguments: dict[str, Any] = Field(default_factory=dict)
+    arguments: Annotated[dict[str, Any], AfterValidator(passable)] = Field(default_factory=dict)
 
 
 class WireToolCall(_Lenient):
@@ -74,7 +76,7 @@ class WireMessage(_Lenient):
 class WireFunction(_Lenient):
     name: str = Field(min_length=1, max_length=256)
     description: str = ""
-    parameters: dict[str, Any] = Field(default_factory=dict)
+    parameters: Annotated[dict[str, Any], AfterValidator(passable)] = Field(default_factory=dict)
 
 
 class WireTool(_Lenient):
@@ -83,22 +85,23 @@ class WireTool(_Lenient):
 
 
 class WireOptions(_Lenient):
-    """The options Tandem maps; others (num_ctx, num_gpu, mirostat, ...) are the engine's."""
+    """The options Tandem maps; others (num_ctx, num_gpu, mirostat, ...) are the engine's.
+    Their ranges are `tandem.bounds`, the same on every face (`_NAMES` gives Ollama's names)."""
 
-    temperature: float | None = Field(None, ge=0)
-    top_p: float | None = Field(None, ge=0, le=1)
-    top_k: int | None = Field(None, ge=0)
-    min_p: float | None = Field(None, ge=0, le=1)
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
-    repeat_penalty: float | None = Field(None, ge=0)
+    repeat_penalty: float | None = None
     seed: int | None = None
     num_predict: int | None = None
     stop: list[str] | None = Field(None, max_length=16)
 
 
 Think = bool | Literal["low", "medium", "high"]
-Format = Literal["", "json"] | dict[str, Any]
+Format = Literal["", "json"] | Annotated[dict[str, Any], AfterValidator(passable)]
 
 
 class _WireGenerateBase(_Lenient):
@@ -185,10 +188,10 @@ def _validate(kind: type[W], body: bytes, max_bytes: int | None) -> W:
     try:
         return kind.model_validate_json(body)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        err, loc = main_error(exc)
         if err["type"] == "json_invalid":
             raise BadRequest(f"request body is not valid JSON: {err['msg']}") from None
-        loc = ".".join(str(p) for p in err["loc"]) or "body"
+        loc = loc or "body"
         if err["type"] == "missing":
             raise BadRequest(f"{loc} is required", param=loc) from None
         more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
@@ -242,7 +245,7 @@ def _format(fmt: Format | None) -> ResponseFormat | None:
 def _request(wire: _WireGenerateBase, messages: list[Message], mode_header: str | None) -> ChatRequest:
     mode, source = explicit_mode(wire.think, mode_header)
     o = wire.options or WireOptions()
-    return ChatRequest(
+    req = ChatRequest(
         model=wire.model,
         messages=messages,
         mode=mode,
@@ -268,6 +271,19 @@ def _request(wire: _WireGenerateBase, messages: list[Message], mode_header: str 
         ],
         include_usage=True,
     )
+    bounds.check(req, _NAMES)
+    return req
+
+
+# The callers' names for the bounded fields.
+_NAMES = {
+    **{ours: f"options.{theirs}" for ours, theirs in (
+        ("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"), ("min_p", "min_p"),
+        ("presence_penalty", "presence_penalty"), ("frequency_penalty", "frequency_penalty"),
+        ("repetition_penalty", "repeat_penalty"), ("seed", "seed"),
+    )},
+    "max_tokens": "options.num_predict",
+}  # fmt: skip
 
 
 # --- the request toward a real Ollama ----------------------------------------------------------

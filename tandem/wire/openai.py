@@ -10,11 +10,13 @@ and by the relay toward vLLM (which speaks it too, with `reasoning` where caller
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails, PydanticCustomError
 
+from tandem import bounds
 from tandem.chat import (
     ChatRequest,
     ChatResult,
@@ -36,6 +38,7 @@ from tandem.errors import (
     RateLimited,
     TandemError,
     Unauthenticated,
+    UnsupportedEncoding,
     UpstreamFailed,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -50,10 +53,18 @@ class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+def passable(value: Any) -> Any:
+    """A free-form JSON value that is passed on as it is must be one the engine body and
+    protobuf can carry (`bounds.free_json_problem`)."""
+    if problem := bounds.free_json_problem(value):
+        raise PydanticCustomError("json", problem)
+    return value
+
+
 class WireFunction(_Lenient):
     name: str = Field(min_length=1, max_length=256)
     description: str = ""
-    parameters: dict[str, Any] = Field(default_factory=dict)
+    parameters: Annotated[dict[str, Any], AfterValidator(passable)] = Field(default_factory=dict)
     strict: bool = False
 
 
@@ -73,6 +84,27 @@ class WireToolCall(_Lenient):
     function: WireToolCallFunction
 
 
+def _checked_parts(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Content parts are passed on as sent (to vLLM, or over gRPC), so the two kinds Tandem
+    reads are held to their shape here; other kinds (audio, files) are the engine's to judge."""
+    for i, part in enumerate(parts):
+        kind = part.get("type")
+        if not isinstance(kind, str):
+            raise PydanticCustomError("part", "part {i} needs a string 'type'", {"i": i})
+        if kind == "text" and not isinstance(part.get("text"), str):
+            raise PydanticCustomError("part", "part {i} (text) needs a string 'text'", {"i": i})
+        if kind == "image_url":
+            image = part.get("image_url")
+            if not isinstance(image, dict) or not isinstance(image.get("url"), str):
+                raise PydanticCustomError(
+                    "part",
+                    "part {i} (image_url) needs 'image_url' as an object with a string 'url'",
+                    {"i": i},
+                )
+    passable(parts)
+    return parts
+
+
 class WireMessage(_Lenient):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[dict[str, Any]] | None = None
@@ -81,14 +113,35 @@ class WireMessage(_Lenient):
     tool_call_id: str | None = None
     reasoning_content: str | None = None
 
+    @field_validator("content")
+    @classmethod
+    def _parts(cls, v: str | list[dict[str, Any]] | None) -> str | list[dict[str, Any]] | None:
+        return _checked_parts(v) if isinstance(v, list) else v
+
 
 class WireStreamOptions(_Lenient):
     include_usage: bool = False
 
 
+class WireJsonSchema(_Lenient):
+    name: str = ""
+    description: str = ""
+    schema_: Annotated[dict[str, Any], AfterValidator(passable)] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
 class WireResponseFormat(_Lenient):
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    json_schema: WireJsonSchema | None = None
+
+
+class WireToolChoiceFunction(_Lenient):
+    name: str = Field(min_length=1, max_length=256)
+
+
+class WireToolChoice(_Lenient):
+    type: Literal["function"] = "function"
+    function: WireToolChoiceFunction
 
 
 class WireChatRequest(_Lenient):
@@ -96,20 +149,21 @@ class WireChatRequest(_Lenient):
     messages: list[WireMessage] = Field(min_length=1, max_length=10_000)
     stream: bool = False
     stream_options: WireStreamOptions | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=-1)
-    min_p: float | None = Field(None, ge=0, le=1)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    repetition_penalty: float | None = Field(None, gt=0)
+    # Ranges (and widths) of the numbers: `tandem.bounds`, shared with the other faces.
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
-    n: int = Field(1, ge=1, le=1)
+    n: int = 1
     tools: list[WireTool] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tool_choice: str | WireToolChoice | None = None
     response_format: WireResponseFormat | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
     # Tandem extension: "auto" | "thinking" | "non_thinking".
@@ -148,18 +202,32 @@ def parse_request(
     return to_internal(wire, mode_header=mode_header)
 
 
+# Errors Tandem's own validators raise: more telling than a union's other branches' errors.
+_OWN_ERRORS = ("part", "json")
+
+
+def main_error(exc: ValidationError) -> tuple[ErrorDetails, str]:
+    """The error to report and the field it names (dotted, without pydantic's union-branch tags
+    such as `str` or `list[...]`)."""
+    errors = exc.errors()
+    err = next((e for e in errors if e["type"] in _OWN_ERRORS), errors[0])
+    return err, ".".join(str(p) for p in err["loc"] if not _branch_tag(p))
+
+
+def _branch_tag(part: str | int) -> bool:
+    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool"))
+
+
 def _validation_message(exc: ValidationError) -> str:
-    err = exc.errors()[0]
+    err, loc = main_error(exc)
     if err["type"] == "json_invalid":
         return f"request body is not valid JSON: {err['msg']}"
-    loc = ".".join(str(p) for p in err["loc"]) or "body"
     more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-    return f"invalid field '{loc}': {err['msg']}{more}"
+    return f"invalid field '{loc or 'body'}': {err['msg']}{more}"
 
 
 def _validation_param(exc: ValidationError) -> str | None:
-    loc = exc.errors()[0]["loc"]
-    return ".".join(str(p) for p in loc) or None
+    return main_error(exc)[1] or None
 
 
 _EFFORT_MODE = {"none": Mode.NON_THINKING, "minimal": Mode.NON_THINKING}
@@ -212,15 +280,16 @@ def to_internal(wire: WireChatRequest, *, mode_header: str | None = None) -> Cha
     mode, source = explicit_mode(wire, mode_header)
     fmt = None
     if wire.response_format is not None:
-        schema = wire.response_format.json_schema or {}
+        schema = wire.response_format.json_schema or WireJsonSchema()
         fmt = ResponseFormat(
             type=wire.response_format.type,
-            schema=schema.get("schema"),
-            name=str(schema.get("name", "")),
-            strict=bool(schema.get("strict", False)),
+            schema=schema.schema_,
+            name=schema.name,
+            strict=bool(schema.strict),
         )
     stop = [wire.stop] if isinstance(wire.stop, str) else list(wire.stop or [])
-    return ChatRequest(
+    choice = wire.tool_choice
+    req = ChatRequest(
         model=wire.model,
         messages=[_message(m) for m in wire.messages],
         mode=mode,
@@ -236,7 +305,7 @@ def to_internal(wire: WireChatRequest, *, mode_header: str | None = None) -> Cha
             repetition_penalty=wire.repetition_penalty,
             seed=wire.seed,
         ),
-        max_tokens=wire.max_completion_tokens or wire.max_tokens,
+        max_tokens=wire.max_completion_tokens if wire.max_completion_tokens is not None else wire.max_tokens,
         stop=stop,
         response_format=fmt,
         tools=[
@@ -248,11 +317,18 @@ def to_internal(wire: WireChatRequest, *, mode_header: str | None = None) -> Cha
             )
             for t in wire.tools or []
         ],
-        tool_choice=wire.tool_choice,
+        tool_choice=choice.model_dump() if isinstance(choice, WireToolChoice) else choice,
+        n=wire.n,
         include_usage=bool(wire.stream_options and wire.stream_options.include_usage),
         user=wire.user or "",
         metadata=dict(wire.metadata or {}),
     )
+    bounds.check(req, _NAMES if wire.max_completion_tokens is not None else None)
+    return req
+
+
+# The caller's name for a bounded field, where it differs from the internal one.
+_NAMES = {"max_tokens": "max_completion_tokens"}
 
 
 # --- the request toward an OpenAI-compatible engine (vLLM) -----------------------------------
@@ -441,6 +517,7 @@ HEARTBEAT = b": keep-alive\n\n"
 
 _STATUS: list[tuple[type[TandemError], int]] = [
     (PayloadTooLarge, 413),
+    (UnsupportedEncoding, 415),
     (ContextTooLong, 400),
     (BadRequest, 400),
     (Unauthenticated, 401),

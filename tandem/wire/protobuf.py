@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format, struct_pb2
 
+from tandem import bounds
 from tandem.chat import (
     ChatRequest,
     ChatResult,
@@ -34,6 +35,7 @@ from tandem.errors import (
     RateLimited,
     TandemError,
     Unauthenticated,
+    UnsupportedEncoding,
     UpstreamFailed,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -58,10 +60,14 @@ _ROLE_TO_PB = {v: k for k, v in _ROLE_FROM_PB.items()}
 MAX_MESSAGES = 10_000
 
 
-def _struct(d: dict[str, Any] | None) -> struct_pb2.Struct:
+def _struct(d: dict[str, Any] | None, field: str) -> struct_pb2.Struct:
     s = struct_pb2.Struct()
     if d:
-        s.update(d)
+        try:
+            s.update(d)
+        except (ValueError, TypeError, OverflowError) as exc:
+            # Struct numbers are doubles: an integer too large for one cannot be carried.
+            raise BadRequest(f"invalid field '{field}': cannot be sent on ({exc})", param=field) from None
     return s
 
 
@@ -129,8 +135,6 @@ def request_from_pb(m: pb.ChatRequest) -> ChatRequest:
     s = m.sampling
     # proto3 `optional` fields: only those the caller set (HasField), by their shared names.
     sampling = Sampling(**{f.name: getattr(s, f.name) for f in fields(Sampling) if s.HasField(f.name)})
-    if m.HasField("max_tokens") and m.max_tokens < 1:
-        raise BadRequest("max_tokens must be at least 1", param="max_tokens")
     fmt = None
     if m.HasField("response_format") and m.response_format.type:
         if m.response_format.type not in ("text", "json_object", "json_schema"):
@@ -150,7 +154,7 @@ def request_from_pb(m: pb.ChatRequest) -> ChatRequest:
             choice = m.tool_choice.mode
         elif which == "function":
             choice = {"type": "function", "function": {"name": m.tool_choice.function}}
-    return ChatRequest(
+    req = ChatRequest(
         model=m.model,
         messages=messages,
         mode=mode,
@@ -165,12 +169,15 @@ def request_from_pb(m: pb.ChatRequest) -> ChatRequest:
             for t in m.tools
         ],
         tool_choice=choice,
+        n=m.n or 1,  # proto3: 0 is "not set"
         include_usage=True,
         request_id=m.request_id,
         tenant=m.tenant,
         user=m.user,
         metadata=dict(m.metadata),
     )
+    bounds.check(req)  # the same bounds the HTTP faces hold requests to
+    return req
 
 
 def request_to_pb(r: ChatRequest) -> pb.ChatRequest:
@@ -211,7 +218,7 @@ def request_to_pb(r: ChatRequest) -> pb.ChatRequest:
             type=t.type,
             name=t.name,
             description=t.description,
-            parameters=_struct(t.parameters),
+            parameters=_struct(t.parameters, "tools.function.parameters"),
             strict=t.strict,
         )
     if isinstance(r.tool_choice, str):
@@ -223,7 +230,7 @@ def request_to_pb(r: ChatRequest) -> pb.ChatRequest:
             pb.ResponseFormat(
                 type=r.response_format.type,
                 schema_name=r.response_format.name,
-                json_schema=_struct(r.response_format.schema),
+                json_schema=_struct(r.response_format.schema, "response_format.json_schema.schema"),
                 strict=r.response_format.strict,
             )
         )
@@ -317,6 +324,7 @@ def result_chunks(r: ChatResult) -> Chunk:
 
 _CODES: list[tuple[type[TandemError], grpc.StatusCode]] = [
     (PayloadTooLarge, grpc.StatusCode.INVALID_ARGUMENT),
+    (UnsupportedEncoding, grpc.StatusCode.INVALID_ARGUMENT),
     (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),

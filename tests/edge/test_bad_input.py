@@ -3,11 +3,13 @@ problem, and the agent keeps serving."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import ollama
+import orjson
 import pytest
 from openai import AsyncOpenAI, BadRequestError
 
@@ -91,3 +93,89 @@ async def test_the_agent_keeps_serving_after_bad_input(
         assert status == 400
     reply = await ollama_client.chat(model=LOCAL, messages=HELLO, think=False)
     assert reply.message.content
+
+
+HUGE = 123456789012345678901234567890
+OPENAI = "/v1/chat/completions"
+OLLAMA = "/api/chat"
+
+
+def body(path: str, content: Any = "hi", **fields: Any) -> bytes:
+    """A chat body for the face at `path`; sampling fields go under `options` on Ollama."""
+    base: dict[str, Any] = {"model": LOCAL, "messages": [{"role": "user", "content": content}]}
+    # json, not orjson: the test sends integers beyond 64 bits.
+    if path == OLLAMA:
+        return json.dumps({**base, "stream": False, "options": fields} if fields else base).encode()
+    return json.dumps({**base, **fields}).encode()
+
+
+def message(status_body: tuple[int, dict[str, Any]]) -> tuple[int, str]:
+    status, parsed = status_body
+    err = parsed["error"]
+    return status, err if isinstance(err, str) else err["message"]
+
+
+async def post_json(http: aiohttp.ClientSession, path: str, data: bytes) -> tuple[int, str]:
+    async with http.post(path, data=data, headers={"Content-Type": "application/json"}) as resp:
+        return message((resp.status, await resp.json(content_type=None)))
+
+
+@pytest.mark.parametrize("path", [OPENAI, OLLAMA])
+@pytest.mark.parametrize(
+    ("fields", "fragment"),
+    [
+        ({"seed": HUGE}, "seed'"),
+        ({"seed": -HUGE}, "seed'"),
+        ({"top_k": HUGE}, "top_k'"),
+        ({"temperature": -5}, "temperature'"),
+        ({"top_p": 7}, "top_p'"),
+    ],
+)
+async def test_out_of_range_sampling_is_400_naming_the_field(
+    http: aiohttp.ClientSession, path: str, fields: dict[str, Any], fragment: str
+) -> None:
+    status, text = await post_json(http, path, body(path, **fields))
+    assert status == 400 and fragment in text
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (body(OPENAI, [{"type": "text", "text": 5}]), "part 0 (text)"),
+        (body(OPENAI, [{"type": "text", "text": None}]), "part 0 (text)"),
+        (
+            body(OPENAI, [{"type": "image_url", "image_url": "data:image/png;base64,AA"}]),
+            "part 0 (image_url)",
+        ),
+        (body(OPENAI, tool_choice={"type": "function", "function": "f"}), "tool_choice"),
+        (
+            body(OPENAI, response_format={"type": "json_schema", "json_schema": {"schema": 5}}),
+            "json_schema.schema",
+        ),
+        (body(OPENAI, n=2), "'n'"),
+    ],
+)
+async def test_malformed_openai_field_is_400_naming_it(
+    http: aiohttp.ClientSession, data: bytes, fragment: str
+) -> None:
+    status, text = await post_json(http, OPENAI, data)
+    assert status == 400 and fragment in text
+
+
+async def test_max_tokens_beyond_any_context_is_a_context_length_error_not_500(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with http.post(OPENAI, data=body(OPENAI, max_tokens=99999999999)) as resp:
+        err = (await resp.json())["error"]
+    assert resp.status == 400 and err["type"] == "context_length_exceeded" and "max_tokens" in err["message"]
+
+
+async def test_num_predict_beyond_any_context_is_400_naming_it(http: aiohttp.ClientSession) -> None:
+    status, text = await post_json(http, OLLAMA, body(OLLAMA, num_predict=99999999999))
+    assert status == 400 and "options.num_predict" in text
+
+
+async def test_ollama_format_with_a_huge_integer_is_400(http: aiohttp.ClientSession) -> None:
+    data = orjson.dumps({"model": LOCAL, "messages": HELLO, "format": {"maxLength": 1}})
+    status, text = await post_json(http, OLLAMA, data.replace(b":1}", b":" + str(HUGE).encode() + b"}"))
+    assert status == 400 and "format" in text and "64 bits" in text
