@@ -18,7 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "edge": ("edge_agent.commands:edge", "Run the edge agent on a factory box."),
     "model": ("registry.cli:model", "Push, pull, inspect and roll out model versions."),
     "fleet": ("gateway.fleet_commands:fleet", "Show the edge fleet and its model versions."),
-    "sim": ("simulators.cli:sim", "Run the Ollama and vLLM engine simulators."),
+    "sim": ("simulators.cli:sim", "Run the Ollama and vLLM engine simulators, or an autoscaled vLLM fleet."),
     "up": ("cli.up:up", "Run the whole stack on this machine."),
 }
 
