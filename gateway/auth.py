@@ -1,4 +1,4 @@
-"""Who is calling: an API key resolved to its tenant, once per request.
+"""Who is calling: an API key resolved to its tenant (and the key's role), once per request.
 
 The faces find the key (HTTP `Authorization: Bearer <key>`; gRPC metadata `authorization:
 Bearer <key>`, as the edge agent's uplink sends it, or `x-api-key`) and call
@@ -10,6 +10,9 @@ period. Concurrent requests with the same uncached key share one lookup.
 While Redis is away, keys this replica already knows keep working (their tenant as last seen);
 a key it has never seen cannot be checked, and gets 503 with a retry hint rather than a 401
 that would tell its owner the key is bad.
+
+`authenticate` answers the caller's tenant (the HTTP face); `identify` the whole `Principal`,
+the key's role and bound edge included (the gRPC face, where `Heartbeat` needs an edge key).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import time
 from dataclasses import dataclass
 
 from gateway.state.redis_conn import StateUnavailable
-from gateway.state.tenants import Tenant, TenantStore, key_digest, well_formed
+from gateway.state.tenants import Principal, Tenant, TenantStore, key_digest, well_formed
 from tandem.errors import Unauthenticated, UpstreamUnavailable
 
 MISSING = "missing API key: send it as 'Authorization: Bearer <key>'"
@@ -42,7 +45,7 @@ def credential(authorization: str | None, api_key: str | None = None) -> str | N
 
 @dataclass(slots=True)
 class _Known:
-    tenant: Tenant | None
+    principal: Principal | None
     at: float
 
 
@@ -59,13 +62,19 @@ class Authenticator:
         self.required = required
         self.cache_seconds = cache_seconds
         self.retry_after_s = retry_after_s
-        self._known: dict[str, _Known] = {}  # key digest -> tenant
+        self._known: dict[str, _Known] = {}  # key digest -> who it speaks for
         self._unknown: dict[str, _Known] = {}  # key digest -> (None) for well-formed bad keys
-        self._lookups: dict[str, asyncio.Task[Tenant | None]] = {}
+        self._lookups: dict[str, asyncio.Task[Principal | None]] = {}
 
     async def authenticate(self, key: str | None) -> Tenant | None:
         """The caller's tenant; None when authentication is off. Raises `Unauthenticated` for a
         missing or unknown key, `UpstreamUnavailable` when an unseen key cannot be checked."""
+        principal = await self.identify(key)
+        return None if principal is None else principal.tenant
+
+    async def identify(self, key: str | None) -> Principal | None:
+        """Who the key speaks for (tenant, role, bound edge); None when authentication is off.
+        Raises as `authenticate` does."""
         if not self.required:
             return None
         if not key:
@@ -77,13 +86,13 @@ class Authenticator:
         entry = self._known.get(digest) or self._unknown.get(digest)
         if entry is None or now - entry.at >= self.cache_seconds:
             entry = await self._refresh(digest, entry, now)
-        if entry.tenant is None:
+        if entry.principal is None:
             raise Unauthenticated(INVALID)
-        return entry.tenant
+        return entry.principal
 
     async def _refresh(self, digest: str, stale: _Known | None, now: float) -> _Known:
         try:
-            tenant = await asyncio.shield(self._lookup(digest))
+            principal = await asyncio.shield(self._lookup(digest))
         except StateUnavailable:
             if stale is not None:
                 return stale  # a key known before Redis went away keeps working
@@ -91,8 +100,8 @@ class Authenticator:
                 "the API key cannot be checked now: shared state is unreachable",
                 retry_after=self.retry_after_s,
             ) from None
-        entry = _Known(tenant, now)
-        if tenant is None:
+        entry = _Known(principal, now)
+        if principal is None:
             self._known.pop(digest, None)
             _remember(self._unknown, digest, entry, MAX_UNKNOWN)
         else:
@@ -100,7 +109,7 @@ class Authenticator:
             _remember(self._known, digest, entry, MAX_KNOWN)
         return entry
 
-    def _lookup(self, digest: str) -> asyncio.Task[Tenant | None]:
+    def _lookup(self, digest: str) -> asyncio.Task[Principal | None]:
         task = self._lookups.get(digest)
         if task is None:
             task = asyncio.ensure_future(self.store.lookup(digest))
@@ -108,7 +117,7 @@ class Authenticator:
             task.add_done_callback(lambda t: self._lookup_done(digest, t))
         return task
 
-    def _lookup_done(self, digest: str, task: asyncio.Task[Tenant | None]) -> None:
+    def _lookup_done(self, digest: str, task: asyncio.Task[Principal | None]) -> None:
         self._lookups.pop(digest, None)
         if not task.cancelled():
             task.exception()  # retrieved here, so a lookup nobody awaits any more warns of nothing

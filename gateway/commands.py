@@ -2,6 +2,7 @@
 
     tandem gateway serve --config gateway.yaml
     tandem gateway keys create --tenant acme [--label ci] [--models qwen3,qwen3-32b] [--rpm 600]
+    tandem gateway keys create --tenant factory-a --edge line-a-box-1   # an edge agent's key
     tandem gateway keys list [--tenant acme]
     tandem gateway keys revoke KEY_ID
     tandem gateway tenants set acme [--models ...] [--rpm N] [--tpm N] [--streams N]
@@ -201,6 +202,19 @@ def keys() -> None:
 @keys.command("create")
 @click.option("--tenant", required=True, help="The tenant the key belongs to (created if new).")
 @click.option("--label", default="", help="A note to recognise the key by (who or what uses it).")
+@click.option(
+    "--role",
+    type=click.Choice(["tenant", "edge"]),
+    default=None,
+    help="tenant (default): calls the API. edge: an edge agent's key, which may also send heartbeats.",
+)
+@click.option(
+    "--edge",
+    "edge",
+    default="",
+    metavar="EDGE_ID",
+    help="An edge key for this edge only (its edge_id); implies --role edge.",
+)
 @tenant_options
 @click.option(
     "--offline",
@@ -211,6 +225,8 @@ def keys() -> None:
 def create_key(
     tenant: str,
     label: str,
+    role: str | None,
+    edge: str,
     models: str | None,
     rpm: int | None,
     tpm: int | None,
@@ -222,18 +238,28 @@ def create_key(
 ) -> None:
     """Create an API key for TENANT (and set the tenant's models and limits, when given).
 
-    The key is printed once; only its digest is stored.
+    An edge key (--edge EDGE_ID, or --role edge for any edge) is an edge agent's credential: it
+    sends heartbeats, and the work the edge forwards counts as TENANT's. The key is printed
+    once; only its digest is stored.
     """
-    from gateway.state.tenants import RedisTenants, key_digest, key_id, new_key
+    from gateway.state.tenants import RedisTenants, check_key_role, key_digest, key_id, new_key
 
+    if role == "tenant" and edge:
+        raise click.BadParameter("--edge makes an edge key; leave out --role tenant", param_hint="--edge")
+    try:
+        key_role, edge = check_key_role(role or ("edge" if edge else "tenant"), edge)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--edge") from None
     if offline:
         key = new_key()
         digest = key_digest(key)
         if as_json:
-            echo_json({"key": key, "id": key_id(digest), "sha256": digest, "tenant": tenant})
+            made = {"key": key, "id": key_id(digest), "sha256": digest, "tenant": tenant}
+            echo_json({**made, "role": key_role, "edge": edge})
         else:
             click.echo(f"key:    {key}\nsha256: {digest}")
-            click.echo(f"Add the sha256 to key_sha256 of tenant {tenant!r} in auth.tenants.", err=True)
+            where = "key_sha256" if key_role == "tenant" else f"edge_keys ({{sha256: ..., edge: {edge!r}}})"
+            click.echo(f"Add the sha256 to {where} of tenant {tenant!r} in auth.tenants.", err=True)
         return
 
     async def body(redis: RedisState) -> tuple[str, Any, Tenant | None]:
@@ -241,20 +267,29 @@ def create_key(
         changed = _changed(await store.tenant(tenant), tenant, models, rpm, tpm, streams)
         if changed is not None:
             await store.set_tenant(changed)
-        key, record = await store.create_key(tenant, label)
+        key, record = await store.create_key(tenant, label, role=key_role, edge=edge)
         return key, record, await store.tenant(tenant)
 
     key, record, settings = with_redis(config_path, redis_url, body)
     if as_json:
         owner = _tenant_json(settings) if settings else {"name": tenant}
-        echo_json({"key": key, "id": record.id, "tenant": owner})
+        echo_json({"key": key, "id": record.id, "tenant": owner, "role": record.role, "edge": record.edge})
         return
     click.echo(key)
+    kind = "key" if record.role == "tenant" else f"edge key ({_edge_of(record)})"
     click.echo(
-        f"created key {record.id} for tenant {tenant!r} ({settings.describe() if settings else ''}); "
+        f"created {kind} {record.id} for tenant {tenant!r} ({settings.describe() if settings else ''}); "
         "this is the only time the key is shown",
         err=True,
     )
+
+
+def _edge_of(record: Any) -> str:
+    return f"edge {record.edge}" if record.edge else "any edge"
+
+
+def _role_of(record: Any) -> str:
+    return "tenant" if record.role == "tenant" else f"edge:{record.edge or '*'}"
 
 
 @keys.command("list")
@@ -272,14 +307,21 @@ def list_keys(
 
     records = [r for r in with_redis(config_path, redis_url, body) if show_all or not r.revoked]
     if as_json:
-        fields = ("id", "tenant", "label", "created", "revoked")
+        fields = ("id", "tenant", "role", "edge", "label", "created", "revoked")
         echo_json({"keys": [{f: getattr(r, f) for f in fields} for r in records]})
         return
     rows = [
-        [r.id, r.tenant, r.label or "-", ago(r.created), f"revoked {ago(r.revoked)}" if r.revoked else "live"]
+        [
+            r.id,
+            r.tenant,
+            _role_of(r),
+            r.label or "-",
+            ago(r.created),
+            f"revoked {ago(r.revoked)}" if r.revoked else "live",
+        ]
         for r in records
     ]
-    click.echo(table(["ID", "TENANT", "LABEL", "CREATED", "STATUS"], rows))
+    click.echo(table(["ID", "TENANT", "ROLE", "LABEL", "CREATED", "STATUS"], rows))
 
 
 @keys.command("revoke")

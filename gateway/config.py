@@ -159,9 +159,28 @@ class Redis(Section):
         return os.environ.get(self.password_env) if self.password_env else None
 
 
+def _check_digest(digest: str) -> str:
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError("each entry must be a SHA-256 digest: 64 lowercase hex characters")
+    return digest
+
+
+class StaticEdgeKey(Section):
+    """An edge agent's key, by digest: it may call `Heartbeat` (and forward work as its tenant)."""
+
+    sha256: str
+    edge: str = Field("", pattern=r"^[A-Za-z0-9_.:@-]{0,256}$", description="the edge id it reports; '': any")
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, v: str) -> str:
+        return _check_digest(v)
+
+
 class StaticTenant(Section):
     """A tenant for a gateway without Redis: its keys are given as SHA-256 hex digests only
-    (`tandem gateway keys create --offline` prints a key and its digest)."""
+    (`tandem gateway keys create --offline` prints a key and its digest); `edge_keys` are its
+    edge agents' keys (`--offline --edge NAME`)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     models: list[str] = Field(default_factory=list, description="allowed models; empty: all")
@@ -169,14 +188,12 @@ class StaticTenant(Section):
     tpm: int = Field(0, ge=0, description="tokens per minute; 0: unlimited")
     streams: int = Field(0, ge=0, description="concurrent requests; 0: unlimited")
     key_sha256: list[str] = Field(default_factory=list)
+    edge_keys: list[StaticEdgeKey] = Field(default_factory=list)
 
     @field_validator("key_sha256")
     @classmethod
     def _hex_digests(cls, v: list[str]) -> list[str]:
-        for digest in v:
-            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-                raise ValueError("each entry must be a SHA-256 digest: 64 lowercase hex characters")
-        return v
+        return [_check_digest(digest) for digest in v]
 
 
 class Auth(Section):

@@ -9,6 +9,10 @@ A rollout sets a group's desired version, optionally for a canary share of its e
 `in_canary` picks the share by a hash of the edge id, so an edge stays in (or out of) the canary
 as the share grows. The edges outside it keep the version the group was on before (`previous`),
 which is also what a rollback returns the whole group to.
+
+Every status is bounded (`check_status`): each heartbeat field has a cap and so does the
+record as stored, so no edge, genuine or not, can make Redis or a replica's memory grow with
+what it reports.
 """
 
 from __future__ import annotations
@@ -21,7 +25,22 @@ from typing import Any, Protocol
 
 import orjson
 
+from tandem.errors import BadRequest
+
 DEFAULT_GROUP = "default"
+
+# What one heartbeat may carry. An edge reports its id (its hostname by default), group, the
+# models its Ollama serves and a few labels; these caps are far above that and keep a stored
+# status under MAX_STATUS_BYTES.
+MAX_EDGE_ID = 256
+MAX_GROUP = 128
+MAX_VERSION = 64
+MAX_MODELS = 256
+MAX_MODEL_FIELD = 512  # a served model's name, digest or reference
+MAX_LABELS = 32
+MAX_LABEL_KEY = 64
+MAX_LABEL_VALUE = 256
+MAX_STATUS_BYTES = 64 * 1024
 
 # REGISTRY/REPOSITORY[:TAG][@sha256:HEX], the shape `registry.reference` accepts (the gateway does
 # not import the registry package; the edge's model sync parses the reference fully).
@@ -65,6 +84,37 @@ class EdgeStatus:
         return cls(**data)
 
 
+def check_status(status: EdgeStatus, encoded: bytes | None = None) -> bytes:
+    """The status as stored (JSON), once every field is within its cap; raises `BadRequest`
+    naming the first field that is not."""
+
+    def refuse(field: str, rule: str) -> BadRequest:
+        return BadRequest(f"heartbeat {field}: {rule}", param=field)
+
+    if not status.edge_id or len(status.edge_id) > MAX_EDGE_ID:
+        raise refuse("edge_id", f"required, at most {MAX_EDGE_ID} characters")
+    if len(status.group) > MAX_GROUP:
+        raise refuse("group", f"at most {MAX_GROUP} characters")
+    if len(status.version) > MAX_VERSION:
+        raise refuse("version", f"at most {MAX_VERSION} characters")
+    if len(status.models) > MAX_MODELS:
+        raise refuse("models", f"at most {MAX_MODELS} entries")
+    for m in status.models:
+        if max(len(m.name), len(m.digest), len(m.reference)) > MAX_MODEL_FIELD:
+            raise refuse("models", f"name, digest and reference are at most {MAX_MODEL_FIELD} characters")
+    if len(status.labels) > MAX_LABELS:
+        raise refuse("labels", f"at most {MAX_LABELS} entries")
+    for key, value in status.labels.items():
+        if not key or len(key) > MAX_LABEL_KEY:
+            raise refuse("labels", f"keys are 1 to {MAX_LABEL_KEY} characters")
+        if len(value) > MAX_LABEL_VALUE:
+            raise refuse("labels", f"values are at most {MAX_LABEL_VALUE} characters")
+    raw = status.to_json() if encoded is None else encoded
+    if len(raw) > MAX_STATUS_BYTES:
+        raise refuse("status", f"at most {MAX_STATUS_BYTES} bytes as stored")
+    return raw
+
+
 @dataclass(slots=True)
 class Desired:
     """What an edge group should serve: a reference, optionally for a canary share first."""
@@ -104,6 +154,7 @@ class MemoryFleet:
         self._desired: dict[str, Desired] = {}
 
     async def record(self, status: EdgeStatus) -> None:
+        check_status(status)
         status.last_seen = time.time()
         self._edges[status.edge_id] = status
 

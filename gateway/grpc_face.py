@@ -8,8 +8,10 @@ travels in that last chunk, so a short answer read in one go is a single message
 Every call authenticates its caller from the metadata `authorization: Bearer <key>` (what the
 edge agent's uplink sends) or `x-api-key: <key>`, gets a request id (sent back as trailing
 metadata `x-request-id`) and is counted: `gateway.grpc_interceptors` does that around each
-method. `Heartbeat` records the edge's status in the fleet store and answers with the model
-version the edge should serve.
+method. `Heartbeat` needs an edge credential (an edge key, or the client certificate an mTLS
+listener verified), may report only the edge that credential names, records the edge's status
+in the fleet store (bounded: `gateway.fleet.check_status`) and answers with the model version
+the edge should serve.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from gateway.fleet import EdgeStatus, FleetStore, ServedModel
 from gateway.grpc_interceptors import current_call, interceptors
 from gateway.service import GatewayService
 from tandem.chat import Chunk, Usage
-from tandem.errors import BadRequest
+from tandem.errors import PermissionDenied
 from tandem.v1 import gateway_pb2 as pb
 from tandem.v1 import gateway_pb2_grpc as pb_grpc
 from tandem.wire import protobuf as wire
@@ -98,10 +100,10 @@ class GatewayServicer(pb_grpc.GatewayServicer):
     async def Heartbeat(
         self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> pb.HeartbeatResponse:
-        if not request.edge_id or len(request.edge_id) > 256:
-            raise BadRequest("edge_id is required (at most 256 characters)")
-        if len(request.group) > 128 or len(request.models) > 256:
-            raise BadRequest("group is at most 128 characters, models at most 256 entries")
+        edge = current_call().edge
+        if edge is not None and not edge.allows(request.edge_id):
+            names = ", ".join(sorted(edge.names))
+            raise PermissionDenied(f"this {edge.via} speaks for edge {names}: it may not report another edge")
         status = EdgeStatus(
             edge_id=request.edge_id,
             group=request.group or fleet.DEFAULT_GROUP,
@@ -112,7 +114,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             version=request.version,
             labels=dict(request.labels),
         )
-        desired = await self.fleet.heartbeat(status)
+        desired = await self.fleet.heartbeat(status)  # refused when over a cap (`fleet.check_status`)
         ref, digest = fleet.assignment(status.edge_id, status.group, desired)
         return pb.HeartbeatResponse(
             desired_reference=ref,
@@ -146,7 +148,9 @@ def build_server(
     """The gRPC server with every service registered (not yet bound or started)."""
     keepalive_ms = int(service.config.grpc.keepalive_seconds * 1000)
     server = grpc.aio.server(
-        interceptors=interceptors(service.auth, service.metrics),
+        interceptors=interceptors(
+            service.auth, service.metrics, client_certs=_requires_client_certs(service.config.grpc.tls)
+        ),
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -168,6 +172,10 @@ def build_server(
     return server, health_servicer
 
 
+def _requires_client_certs(tls: TLS | None) -> bool:
+    return tls is not None and tls.client_ca_file is not None
+
+
 def bind(server: grpc.aio.Server, host: str, port: int, tls: TLS | None) -> int:
     """Binds the listening address (TLS or mTLS when configured); returns the bound port."""
     address = f"{host}:{port}"
@@ -176,6 +184,6 @@ def bind(server: grpc.aio.Server, host: str, port: int, tls: TLS | None) -> int:
     creds = grpc.ssl_server_credentials(
         [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
         root_certificates=tls.client_ca_file.read_bytes() if tls.client_ca_file else None,
-        require_client_auth=tls.client_ca_file is not None,
+        require_client_auth=_requires_client_certs(tls),
     )
     return server.add_secure_port(address, creds)

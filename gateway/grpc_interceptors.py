@@ -11,7 +11,15 @@ Four `grpc.aio.ServerInterceptor`s, outermost first (`interceptors()` returns th
 - `MetricsInterceptor`: every call counted by method and status; `Chat` also as a request of the
   gRPC face with its route, and its duration;
 - `AuthInterceptor`: the caller's tenant from `authorization: Bearer <key>` or `x-api-key`,
-  resolved before the servicer runs; a missing or bad key never reaches it.
+  resolved before the servicer runs; a missing or bad key never reaches it. Fleet methods
+  (`Heartbeat`) need an edge credential: an edge key, or the client certificate the listener
+  verified when it requires them (`grpc.tls.client_ca_file`); a tenant key gets
+  PERMISSION_DENIED. Then the request itself: bytes that are no message get INVALID_ARGUMENT.
+
+A request is decoded by grpc before any wrapped behaviour runs, and a decoding error there
+would be answered UNKNOWN with an ERROR traceback, before the key is looked at. So
+`AuthInterceptor` also wraps the method's deserializer: bytes that do not decode become an
+`Undecodable` value, which its behaviour refuses once the caller is authenticated.
 
 Servicer methods raise `TandemError`s and read the caller from `current_call()`. Only the
 Gateway service is intercepted: health checks and reflection need no key. Each interceptor wraps
@@ -32,14 +40,14 @@ from types import MappingProxyType
 from typing import NoReturn, TypeAlias
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from prometheus_client import Counter
 from structlog.contextvars import bind_contextvars
 
 from gateway.auth import Authenticator, credential
 from gateway.state import Tenant
 from tandem.chat import RouteDecision
-from tandem.errors import TandemError
+from tandem.errors import BadRequest, PermissionDenied, TandemError
 from tandem.logs import bind_request, get_logger, new_request_id
 from tandem.metrics import Metrics
 from tandem.v1 import gateway_pb2 as pb
@@ -51,9 +59,12 @@ UnaryBehaviour: TypeAlias = Callable[[Message, "Context"], Awaitable[Message]]
 StreamBehaviour: TypeAlias = Callable[[Message, "Context"], AsyncGenerator[Message, None]]
 Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 Context: TypeAlias = grpc.aio.ServicerContext
+Deserializer: TypeAlias = Callable[[bytes], object]  # a message, or `Undecodable`
 
 # Ids the caller chooses travel back in metadata and into every log line: printable, short.
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._~:/+=@-]{1,128}")
+# The fleet's methods: only an edge may call them.
+EDGE_METHODS = frozenset({"Heartbeat"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +74,8 @@ class Method:
     name: str  # "Chat"
     streams: bool  # server streaming
     has_request_id: bool  # its request message carries a `request_id` field
+    request_type: str  # "tandem.v1.ChatRequest"
+    edge_only: bool  # a fleet method: the caller needs an edge credential
 
 
 def _gateway_methods() -> Mapping[str, Method]:
@@ -75,11 +88,32 @@ def _gateway_methods() -> Mapping[str, Method]:
             name=m.name,
             streams=m.server_streaming,
             has_request_id="request_id" in m.input_type.fields_by_name,
+            request_type=m.input_type.full_name,
+            edge_only=m.name in EDGE_METHODS,
         )
     return MappingProxyType(methods)
 
 
 METHODS = _gateway_methods()  # by the full method name gRPC routes on: "/tandem.v1.Gateway/Chat"
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeCredential:
+    """What lets a caller speak for an edge: an edge key, or a client certificate the listener
+    verified; `names` are the edge ids it may report (empty: an edge key bound to no edge)."""
+
+    via: str  # "edge key" or "client certificate"
+    names: frozenset[str] = frozenset()
+
+    def allows(self, edge_id: str) -> bool:
+        return not self.names or edge_id in self.names
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """What a request whose bytes are no `request_type` message is deserialized to."""
+
+    request_type: str
 
 
 @dataclass(slots=True)
@@ -88,6 +122,8 @@ class GatewayCall:
 
     request_id: str
     tenant: Tenant | None = None  # set by `AuthInterceptor`; None with authentication off
+    # Set by `AuthInterceptor` when the caller holds an edge credential; None with authentication off.
+    edge: EdgeCredential | None = None
     decision: RouteDecision | None = None  # set by the servicer once the route is decided
 
 
@@ -101,9 +137,18 @@ def current_call() -> GatewayCall:
     return _current_call.get()
 
 
-def interceptors(auth: Authenticator, metrics: Metrics) -> list[grpc.aio.ServerInterceptor]:
-    """The gateway's interceptors, outermost first (the order `grpc.aio.server` takes)."""
-    return [RequestIdInterceptor(), StatusInterceptor(), MetricsInterceptor(metrics), AuthInterceptor(auth)]
+def interceptors(
+    auth: Authenticator, metrics: Metrics, *, client_certs: bool = False
+) -> list[grpc.aio.ServerInterceptor]:
+    """The gateway's interceptors, outermost first (the order `grpc.aio.server` takes).
+    `client_certs`: the listener requires and verifies client certificates (mTLS), so a
+    caller's certificate is an edge credential."""
+    return [
+        RequestIdInterceptor(),
+        StatusInterceptor(),
+        MetricsInterceptor(metrics),
+        AuthInterceptor(auth, client_certs=client_certs),
+    ]
 
 
 class _GatewayInterceptor(grpc.aio.ServerInterceptor):
@@ -131,12 +176,15 @@ class _GatewayInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, method: Method, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         codec = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": self._deserializer(method, handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if method.streams:
             return grpc.unary_stream_rpc_method_handler(self._stream(method, handler.unary_stream), **codec)
         return grpc.unary_unary_rpc_method_handler(self._unary(method, handler.unary_unary), **codec)
+
+    def _deserializer(self, method: Method, deserialize: Deserializer | None) -> Deserializer | None:
+        return deserialize  # the inner handler's, as it is
 
     def _unary(self, method: Method, behaviour: UnaryBehaviour) -> UnaryBehaviour:
         raise NotImplementedError
@@ -174,7 +222,7 @@ def _open_call(method: Method, request: Message, context: Context) -> None:
 def _request_id(method: Method, request: Message, context: Context) -> str:
     """The request's own id (what the edge agent sends), else the caller's `x-request-id`, else
     a new one; an id that is not short printable ASCII is ignored."""
-    if method.has_request_id:
+    if method.has_request_id and not isinstance(request, Undecodable):
         own: str = request.request_id
         if own and _VALID_REQUEST_ID.fullmatch(own):
             return own
@@ -318,49 +366,91 @@ def _status(exc: BaseException, context: Context) -> str:
 
 
 class AuthInterceptor(_GatewayInterceptor):
-    """Resolves the caller's tenant from its key once per call, before the servicer runs."""
+    """Resolves the caller's tenant (and edge credential) once per call, before the servicer
+    runs; then refuses a request that did not decode. With authentication off, only the latter."""
 
-    def __init__(self, auth: Authenticator) -> None:
+    def __init__(self, auth: Authenticator, *, client_certs: bool = False) -> None:
         super().__init__()
         self.auth = auth
+        self.client_certs = client_certs
 
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
-        """With authentication off, the handler unwrapped: nothing to check, nothing to pay."""
-        if not self.auth.required:
-            return await continuation(handler_call_details)
-        return await super().intercept_service(continuation, handler_call_details)
+    def _deserializer(self, method: Method, deserialize: Deserializer | None) -> Deserializer | None:
+        if deserialize is None:
+            return None
+        undecodable = Undecodable(method.request_type)
+
+        def tolerant(raw: bytes) -> object:
+            try:
+                return deserialize(raw)
+            except DecodeError:
+                return undecodable  # refused once the caller is authenticated
+
+        return tolerant
 
     def _unary(self, method: Method, behaviour: UnaryBehaviour) -> UnaryBehaviour:
         async def unary(request: Message, context: Context) -> Message:
-            await self._authenticate(context)
+            await self._admit(method, request, context)
             return await behaviour(request, context)
 
         return unary
 
     def _stream(self, method: Method, behaviour: StreamBehaviour) -> StreamBehaviour:
         async def stream(request: Message, context: Context) -> AsyncGenerator[Message, None]:
-            await self._authenticate(context)
+            await self._admit(method, request, context)
             async with aclosing(behaviour(request, context)) as messages:
                 async for message in messages:
                     yield message
 
         return stream
 
-    async def _authenticate(self, context: Context) -> None:
-        """Sets the call's tenant; raises `Unauthenticated` (or `UpstreamUnavailable` when the
-        key cannot be checked now)."""
+    async def _admit(self, method: Method, request: Message | Undecodable, context: Context) -> None:
+        if self.auth.required:
+            await self._authenticate(method, context)
+        if isinstance(request, Undecodable):
+            raise BadRequest(f"request is not a valid {request.request_type} message")
+
+    async def _authenticate(self, method: Method, context: Context) -> None:
+        """Sets the call's tenant and edge credential; raises `Unauthenticated` (or
+        `UpstreamUnavailable` when the key cannot be checked now), and `PermissionDenied` when
+        a fleet method is called without an edge credential."""
         authorization = api_key = None
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
                 authorization = value
             elif key == "x-api-key":
                 api_key = value
-        tenant = await self.auth.authenticate(credential(_text(authorization), _text(api_key)))
-        if tenant is not None:
-            bind_contextvars(tenant=tenant.name)
-        current_call().tenant = tenant
+        key = credential(_text(authorization), _text(api_key))
+        call = current_call()
+        certificate = _certificate(context) if self.client_certs else None
+        if method.edge_only and certificate is not None and key is None:
+            call.edge = certificate  # the verified certificate alone speaks for the edge
+            return
+        principal = await self.auth.identify(key)
+        if principal is None:  # authentication is off after all
+            return
+        bind_contextvars(tenant=principal.tenant.name)
+        call.tenant = principal.tenant
+        if principal.is_edge:
+            call.edge = EdgeCredential("edge key", frozenset({principal.edge} if principal.edge else ()))
+        else:
+            call.edge = certificate
+        if method.edge_only and call.edge is None:
+            raise PermissionDenied(
+                f"{method.name} needs an edge credential: an edge key (`tandem gateway keys create "
+                "--edge NAME`) or the edge's client certificate; this is a tenant key"
+            )
+
+
+def _certificate(context: Context) -> EdgeCredential | None:
+    """The edge the caller's client certificate names (its CN and SANs), when it sent one; the
+    listener has verified it against `grpc.tls.client_ca_file`."""
+    found = context.auth_context()
+    names = frozenset(
+        value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+        for field in ("x509_common_name", "x509_subject_alternative_name")
+        for value in found.get(field, ())
+    )
+    return EdgeCredential("client certificate", names) if names else None
 
 
 def _text(value: str | bytes | None) -> str | None:

@@ -9,13 +9,14 @@ state while Redis is unreachable (see `redis_conn`).
 from gateway.state.limits import Grant, MemoryLimiter, RedisLimiter, TenantLimits
 from gateway.state.redis_conn import RedisState, StateHealth, StateUnavailable, build_client
 from gateway.state.shared import SharedState
-from gateway.state.tenants import KeyRecord, MemoryTenants, RedisTenants, Tenant, TenantStore
+from gateway.state.tenants import KeyRecord, MemoryTenants, Principal, RedisTenants, Tenant, TenantStore
 
 __all__ = [
     "Grant",
     "KeyRecord",
     "MemoryLimiter",
     "MemoryTenants",
+    "Principal",
     "RedisLimiter",
     "RedisState",
     "RedisTenants",

@@ -4,7 +4,8 @@
     {p}{fleet}:seen             zset    edge id -> time of its last heartbeat (for listing)
     {p}{fleet}:desired          hash    group -> desired version (JSON)
 
-The keys share the hash tag `{fleet}`, so each script below runs on Redis Cluster too. A
+A status is bounded before it is stored (`gateway.fleet.check_status`). The keys share the hash
+tag `{fleet}`, so each script below runs on Redis Cluster too. A
 heartbeat is one round trip: store the status, index it, read the group's desired version.
 Desired versions change by compare-and-set, so two operators rolling out at once cannot lose
 each other's `previous` version. Keep Redis persistent (AOF) in production: desired versions
@@ -19,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from gateway.fleet import Desired, EdgeStatus, MemoryFleet, plan_rollback, plan_rollout
+from gateway.fleet import Desired, EdgeStatus, MemoryFleet, check_status, plan_rollback, plan_rollout
 from gateway.state.redis_conn import Client, RedisState, Script, StateUnavailable, text
 
 # KEYS: edge key, seen index, desired hash. ARGV: status JSON, ttl ms, edge id, time, group.
@@ -59,9 +60,12 @@ class RedisFleet:
         await self.heartbeat(status)
 
     async def heartbeat(self, status: EdgeStatus) -> Desired | None:
+        """Records `status` (refused with `BadRequest` when over a cap of `fleet.check_status`,
+        before Redis is touched) and returns its group's desired version."""
         status.last_seen = time.time()
         keys = (self._edge_prefix + status.edge_id, self._seen, self._desired)
-        args = (status.to_json(), int(self.ttl_s * 1000), status.edge_id, status.last_seen, status.group)
+        stored = check_status(status)
+        args = (stored, int(self.ttl_s * 1000), status.edge_id, status.last_seen, status.group)
 
         async def call(r: Client) -> bytes | str | None:
             return await HEARTBEAT(r, keys, args)

@@ -65,4 +65,6 @@ def static_tenants(configured: list[StaticTenant]) -> MemoryTenants:
         store.add_tenant(Tenant(t.name, frozenset(t.models), t.rpm, t.tpm, t.streams))
         for digest in t.key_sha256:
             store.add_digest(t.name, digest)
+        for edge_key in t.edge_keys:
+            store.add_digest(t.name, edge_key.sha256, role="edge", edge=edge_key.edge)
     return store

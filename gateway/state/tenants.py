@@ -10,9 +10,16 @@ digits of the digest, which is safe to show.
 A tenant has its allowed models (pool names or aliases; none listed: every model) and its
 limits: requests per minute, tokens per minute, concurrent streams (0: unlimited).
 
+A key has a role: `tenant` (the default, and what a key stored before roles existed reads as)
+or `edge`. An edge key is an edge agent's credential: it may call `Heartbeat` (a tenant key may
+not), and still belongs to a tenant, whose models and limits apply to the user work the edge
+forwards. An edge key may name the one edge it speaks for (`edge`); it can then report only
+that edge's status.
+
 Redis layout (prefix `tandem:` by default):
 
-    {p}key:<sha256>      hash  tenant, id, label, created     one live key; deleted on revoke
+    {p}key:<sha256>      hash  tenant, id, label, created,    one live key; deleted on revoke
+                               role, edge (absent: tenant)
     {p}keys              hash  <key id> -> JSON record         every key, revoked ones too
     {p}tenant:<name>     hash  models, rpm, tpm, streams       a tenant's settings
     {p}tenants           set   tenant names
@@ -25,7 +32,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import orjson
 
@@ -37,6 +44,12 @@ if TYPE_CHECKING:
 KEY_PREFIX = "tdm-"
 _KEY = re.compile(r"^tdm-[A-Za-z0-9_-]{20,128}$")
 TENANT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# An edge id a key may be bound to: what `edge_id` holds in a heartbeat (the edge's hostname by
+# default), printable and short.
+EDGE_NAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,256}$")
+
+Role = Literal["tenant", "edge"]
+ROLES: tuple[Role, ...] = ("tenant", "edge")
 
 
 def new_key() -> str:
@@ -79,6 +92,20 @@ class Tenant:
 
 
 @dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a live key speaks for: its tenant, its role, and for an edge key the edge it is bound
+    to ("" when it may speak for any edge)."""
+
+    tenant: Tenant
+    role: Role = "tenant"
+    edge: str = ""
+
+    @property
+    def is_edge(self) -> bool:
+        return self.role == "edge"
+
+
+@dataclass(frozen=True, slots=True)
 class KeyRecord:
     """What is known about a key, never the key itself."""
 
@@ -88,6 +115,8 @@ class KeyRecord:
     label: str = ""
     created: float = 0.0
     revoked: float = 0.0  # when it was revoked; 0: live
+    role: Role = "tenant"
+    edge: str = ""  # an edge key's edge id; "": any edge
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -98,6 +127,8 @@ class KeyRecord:
                 "label": self.label,
                 "created": self.created,
                 "revoked": self.revoked,
+                "role": self.role,
+                "edge": self.edge,
             }
         )
 
@@ -111,17 +142,37 @@ class KeyRecord:
             label=data.get("label", ""),
             created=float(data.get("created", 0)),
             revoked=float(data.get("revoked", 0)),
+            role=_role(data.get("role")),
+            edge=str(data.get("edge") or ""),
         )
+
+
+def _role(value: object) -> Role:
+    """A stored role; anything else (a key from before roles) is a tenant key."""
+    return "edge" if value in ("edge", b"edge") else "tenant"
+
+
+def check_key_role(role: str, edge: str = "") -> tuple[Role, str]:
+    """A new key's (role, edge), validated: naming an edge makes it an edge key."""
+    if role not in ROLES:
+        raise ValueError(f"role {role!r}: expected one of {', '.join(ROLES)}")
+    if edge and not EDGE_NAME.match(edge):
+        raise ValueError(f"edge {edge!r}: use 1-256 letters, digits, '.', '_', ':', '@' or '-'")
+    if edge and role != "edge":
+        raise ValueError("only an edge key names an edge (role edge)")
+    return ("edge" if role == "edge" else "tenant"), edge
 
 
 class TenantStore(Protocol):
     """Where keys and tenants live: Redis, or this process (`MemoryTenants`)."""
 
-    async def lookup(self, digest: str) -> Tenant | None:
-        """The tenant of the live key with this digest; None when there is none."""
+    async def lookup(self, digest: str) -> Principal | None:
+        """Who the live key with this digest speaks for; None when there is none."""
         ...
 
-    async def create_key(self, tenant: str, label: str = "") -> tuple[str, KeyRecord]: ...
+    async def create_key(
+        self, tenant: str, label: str = "", *, role: Role = "tenant", edge: str = ""
+    ) -> tuple[str, KeyRecord]: ...
 
     async def keys(self, tenant: str | None = None) -> list[KeyRecord]: ...
 
@@ -156,23 +207,29 @@ class MemoryTenants:
     def add_tenant(self, tenant: Tenant) -> None:
         self._tenants[check_tenant_name(tenant.name)] = tenant
 
-    def add_digest(self, tenant: str, digest: str, label: str = "") -> KeyRecord:
+    def add_digest(
+        self, tenant: str, digest: str, label: str = "", *, role: Role = "tenant", edge: str = ""
+    ) -> KeyRecord:
         """Registers a key known only by its digest (from configuration)."""
-        record = KeyRecord(id=key_id(digest), tenant=tenant, digest=digest, label=label)
+        role, edge = check_key_role(role, edge)
+        record = KeyRecord(id=key_id(digest), tenant=tenant, digest=digest, label=label, role=role, edge=edge)
         self._records[record.id] = record
         return record
 
-    async def lookup(self, digest: str) -> Tenant | None:
+    async def lookup(self, digest: str) -> Principal | None:
         record = self._records.get(key_id(digest))
         if record is None or record.digest != digest or record.revoked:
             return None
-        return self._tenants.get(record.tenant, Tenant(record.tenant))
+        return Principal(self._tenants.get(record.tenant, Tenant(record.tenant)), record.role, record.edge)
 
-    async def create_key(self, tenant: str, label: str = "") -> tuple[str, KeyRecord]:
+    async def create_key(
+        self, tenant: str, label: str = "", *, role: Role = "tenant", edge: str = ""
+    ) -> tuple[str, KeyRecord]:
         check_tenant_name(tenant)
+        role, edge = check_key_role(role, edge)
         key = new_key()
         digest = key_digest(key)
-        record = KeyRecord(id=key_id(digest), tenant=tenant, digest=digest, label=label, created=time.time())
+        record = KeyRecord(key_id(digest), tenant, digest, label, time.time(), role=role, edge=edge)
         self._records[record.id] = record
         self._tenants.setdefault(tenant, Tenant(tenant))
         return key, record
@@ -217,21 +274,25 @@ class RedisTenants:
     def _tenant(self, name: str) -> str:
         return self._state.key("tenant", name)
 
-    async def lookup(self, digest: str) -> Tenant | None:
-        async def call(r: Client) -> Tenant | None:
-            found = await r.hget(self._live(digest), "tenant")
+    async def lookup(self, digest: str) -> Principal | None:
+        async def call(r: Client) -> Principal | None:
+            found, role, edge = await r.hmget(self._live(digest), ["tenant", "role", "edge"])
             if found is None:
                 return None
             name = text(found)
-            return _tenant_from(name, await r.hgetall(self._tenant(name)))
+            tenant = _tenant_from(name, await r.hgetall(self._tenant(name)))
+            return Principal(tenant, _role(role), text(edge) if edge else "")
 
         return await self._state.run(call)
 
-    async def create_key(self, tenant: str, label: str = "") -> tuple[str, KeyRecord]:
+    async def create_key(
+        self, tenant: str, label: str = "", *, role: Role = "tenant", edge: str = ""
+    ) -> tuple[str, KeyRecord]:
         check_tenant_name(tenant)
+        role, edge = check_key_role(role, edge)
         key = new_key()
         digest = key_digest(key)
-        record = KeyRecord(id=key_id(digest), tenant=tenant, digest=digest, label=label, created=time.time())
+        record = KeyRecord(key_id(digest), tenant, digest, label, time.time(), role=role, edge=edge)
 
         async def call(r: Client) -> bool:
             # The id is 48 bits of the digest: a clash is all but impossible, and refused if it comes.
@@ -239,14 +300,21 @@ class RedisTenants:
                 return False
             await r.hset(
                 self._live(digest),
-                mapping={"tenant": tenant, "id": record.id, "label": label, "created": record.created},
+                mapping={
+                    "tenant": tenant,
+                    "id": record.id,
+                    "label": label,
+                    "created": record.created,
+                    "role": role,
+                    "edge": edge,
+                },
             )
             await r.hsetnx(self._tenant(tenant), "rpm", 0)  # the tenant exists from now on
             await r.sadd(self._names, tenant)
             return True
 
         if not await self._state.run(call):
-            return await self.create_key(tenant, label)
+            return await self.create_key(tenant, label, role=role, edge=edge)
         return key, record
 
     async def keys(self, tenant: str | None = None) -> list[KeyRecord]:

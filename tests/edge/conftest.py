@@ -131,9 +131,10 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
              "endpoints": [{"url": f"{slow_url}/v1", "model": "Qwen/Qwen3-14B"}]},
         ],
         "router": {"first_token_timeout_seconds": 20, "timeout_seconds": 60, "cooldown_seconds": 0},
-        # The edges' tenant: the uplink authenticates with EDGE_KEY (see `edge_config`).
+        # The edges' tenant: the uplink authenticates with EDGE_KEY (see `edge_config`), an edge
+        # key (heartbeats need one) for any edge id.
         "auth": {"required": True,
-                 "tenants": [{"name": "factory-edges", "key_sha256": [key_digest(EDGE_KEY)]}]},
+                 "tenants": [{"name": "factory-edges", "edge_keys": [{"sha256": key_digest(EDGE_KEY)}]}]},
         "shutdown_grace_seconds": 2,
     }  # fmt: skip
     path = tmp / "gateway.yaml"

@@ -7,17 +7,21 @@ gateway."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 import structlog
+import structlog.testing
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gateway.auth import MISSING, Authenticator
-from gateway.grpc_interceptors import RequestIdInterceptor, current_call, interceptors
+from gateway.grpc_interceptors import EdgeCredential, RequestIdInterceptor, current_call, interceptors
 from gateway.server import GatewayServer
 from gateway.state.tenants import MemoryTenants
 from tandem.errors import BadRequest
@@ -36,6 +40,7 @@ class Seen:
     request_id: str
     tenant: str | None
     log_context: dict[str, Any]
+    edge: EdgeCredential | None = None
 
 
 @dataclass
@@ -46,7 +51,8 @@ class RecordingServicer(gateway_pb2_grpc.GatewayServicer):
     def _record(self, method: str) -> None:
         call = current_call()
         tenant = call.tenant.name if call.tenant else None
-        self.seen.append(Seen(method, call.request_id, tenant, structlog.contextvars.get_contextvars()))
+        context = structlog.contextvars.get_contextvars()
+        self.seen.append(Seen(method, call.request_id, tenant, context, call.edge))
 
     async def Chat(
         self, request: pb.ChatRequest, context: grpc.aio.ServicerContext
@@ -83,6 +89,7 @@ class Served:
     stub: gateway_pb2_grpc.GatewayStub
     channel: grpc.aio.Channel
     key: str  # a valid key of the tenant "acme"
+    edge_key: str  # an edge key of the tenant "acme", for the edge "box-1"
 
 
 @pytest.fixture
@@ -90,6 +97,7 @@ async def served() -> AsyncIterator[Served]:
     """A recording servicer behind the gateway's interceptors, with keys required."""
     tenants = MemoryTenants()
     key, _ = await tenants.create_key("acme")
+    edge_key, _ = await tenants.create_key("acme", role="edge", edge="box-1")
     metrics = Metrics("tandem_gateway")
     servicer = RecordingServicer()
     server = grpc.aio.server(interceptors=interceptors(Authenticator(tenants, required=True), metrics))
@@ -98,12 +106,60 @@ async def served() -> AsyncIterator[Served]:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        yield Served(servicer, metrics, gateway_pb2_grpc.GatewayStub(channel), channel, key)
+        yield Served(servicer, metrics, gateway_pb2_grpc.GatewayStub(channel), channel, key, edge_key)
+    await server.stop(None)
+
+
+class RecordingStub(gateway_pb2_grpc.GatewayStub):
+    channel: grpc.aio.Channel
+
+
+@contextlib.asynccontextmanager
+async def recording(
+    auth: Authenticator, *, certs: Path | None = None
+) -> AsyncIterator[tuple[RecordingServicer, RecordingStub]]:
+    """A recording servicer behind the interceptors; with `certs`, over mTLS (the listener
+    requires client certificates) and called with the client certificate of `certs`."""
+    servicer = RecordingServicer()
+    server = grpc.aio.server(
+        interceptors=interceptors(auth, Metrics("tandem_gateway"), client_certs=bool(certs))
+    )
+    gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server)
+    if certs is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    else:
+
+        def read(name: str) -> bytes:
+            return (certs / name).read_bytes()
+
+        creds = grpc.ssl_server_credentials(
+            [(read("server.key"), read("server.pem"))],
+            root_certificates=read("ca.pem"),
+            require_client_auth=True,
+        )
+        port = server.add_secure_port("127.0.0.1:0", creds)
+        client = grpc.ssl_channel_credentials(read("ca.pem"), read("client.key"), read("client.pem"))
+        channel = grpc.aio.secure_channel(f"127.0.0.1:{port}", client)
+    await server.start()
+    async with channel:
+        stub = RecordingStub(channel)
+        stub.channel = channel
+        yield servicer, stub
     await server.stop(None)
 
 
 def with_key(served: Served, *more: tuple[str, str]) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {served.key}"), *more)
+
+
+def with_edge_key(served: Served, *more: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {served.edge_key}"), *more)
+
+
+def with_key_for(method: str, served: Served) -> tuple[tuple[str, str], ...]:
+    """The key a caller of `method` holds: an edge's for the fleet's methods, else a tenant's."""
+    return with_edge_key(served) if method == "Heartbeat" else with_key(served)
 
 
 def chat_request(**kwargs: Any) -> pb.ChatRequest:
@@ -156,6 +212,120 @@ async def test_the_servicer_gets_the_tenant_of_the_callers_key(served: Served) -
     assert seen.tenant == "acme" and seen.log_context["tenant"] == "acme"
 
 
+# --- edge credentials ---------------------------------------------------------------------------
+
+
+async def test_a_tenant_key_may_not_send_heartbeats(served: Served) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call_method(served.stub, "Heartbeat", with_key(served))
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "needs an edge credential" in (refused.value.details() or "")
+    assert served.servicer.seen == []
+
+
+async def test_an_edge_key_sends_heartbeats_for_the_edge_it_names(served: Served) -> None:
+    await call_method(served.stub, "Heartbeat", with_edge_key(served))
+    (seen,) = served.servicer.seen
+    assert seen.edge == EdgeCredential("edge key", frozenset({"box-1"})) and seen.tenant == "acme"
+
+
+@pytest.mark.parametrize("method", ["Chat", "Classify", "ListModels"])
+async def test_an_edge_key_forwards_user_work_as_its_tenant(served: Served, method: str) -> None:
+    await call_method(served.stub, method, with_edge_key(served))
+    (seen,) = served.servicer.seen
+    assert seen.tenant == "acme"
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+async def test_with_authentication_off_every_method_is_open(method: str) -> None:
+    async with recording(Authenticator(MemoryTenants(), required=False)) as (servicer, stub):
+        await call_method(stub, method)
+    (seen,) = servicer.seen
+    assert seen.tenant is None and seen.edge is None
+
+
+async def test_a_verified_client_certificate_is_an_edge_credential_naming_its_edge(certs: Path) -> None:
+    async with recording(Authenticator(MemoryTenants(), required=True), certs=certs) as (servicer, stub):
+        await call_method(stub, "Heartbeat")
+    (seen,) = servicer.seen
+    assert seen.edge == EdgeCredential("client certificate", frozenset({"client"})) and seen.tenant is None
+
+
+async def test_a_client_certificate_with_a_tenant_key_may_send_heartbeats(certs: Path) -> None:
+    tenants = MemoryTenants()
+    key, _ = await tenants.create_key("acme")
+    async with recording(Authenticator(tenants, required=True), certs=certs) as (servicer, stub):
+        await call_method(stub, "Heartbeat", (("authorization", f"Bearer {key}"),))
+    (seen,) = servicer.seen
+    assert seen.edge is not None and seen.edge.via == "client certificate" and seen.tenant == "acme"
+
+
+async def test_a_client_certificate_alone_does_not_make_a_tenant(certs: Path) -> None:
+    async with recording(Authenticator(MemoryTenants(), required=True), certs=certs) as (servicer, stub):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call_method(stub, "Chat")
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED and servicer.seen == []
+
+
+# --- requests that are no message ------------------------------------------------------------
+
+NO_MESSAGE = b"\x0a\xff"  # field 1, length-delimited, its length cut off: decodes as nothing
+
+
+async def call_raw(channel: grpc.aio.Channel, method: str, raw: bytes, metadata: Any = ()) -> grpc.aio.Call:
+    """Calls `method` with `raw` as the request's bytes; returns the finished call."""
+    path = f"/tandem.v1.Gateway/{method}"
+    if method == "Chat":
+        stream: Any = channel.unary_stream(path, request_serializer=None, response_deserializer=None)
+        call = stream(raw, metadata=metadata)
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            [m async for m in call]
+        return call
+    unary: Any = channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+    call = unary(raw, metadata=metadata)
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await call
+    return call
+
+
+REQUEST_TYPES = {"Chat": "ChatRequest", "Classify": "ChatRequest", "ListModels": "ListModelsRequest"}
+REQUEST_TYPES["Heartbeat"] = "HeartbeatRequest"
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+async def test_bytes_that_are_no_message_are_invalid_argument_without_a_traceback(
+    served: Served, method: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with structlog.testing.capture_logs() as lines:
+        call = await call_raw(served.channel, method, NO_MESSAGE, with_key_for(method, served))
+    assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert await call.details() == f"request is not a valid tandem.v1.{REQUEST_TYPES[method]} message"
+    assert served.servicer.seen == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info] == []
+    assert [line for line in lines if line["log_level"] in ("warning", "error", "critical")] == []
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+async def test_bytes_that_are_no_message_without_a_key_are_unauthenticated(
+    served: Served, method: str
+) -> None:
+    call = await call_raw(served.channel, method, NO_MESSAGE)
+    assert await call.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_bytes_that_are_no_message_are_counted_as_invalid_argument(served: Served) -> None:
+    await call_raw(served.channel, "Chat", NO_MESSAGE, with_key(served))
+    calls = "tandem_gateway_grpc_calls_total"
+    assert sample(served.metrics, calls, method="Chat", status="INVALID_ARGUMENT") == 1
+
+
+async def test_with_authentication_off_bytes_that_are_no_message_are_invalid_argument() -> None:
+    async with recording(Authenticator(MemoryTenants(), required=False)) as (servicer, stub):
+        call = await call_raw(stub.channel, "Classify", NO_MESSAGE)
+    assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT and servicer.seen == []
+
+
 async def test_health_checks_need_no_key(served: Served) -> None:
     reply = await health_pb2_grpc.HealthStub(served.channel).Check(health_pb2.HealthCheckRequest())
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -170,7 +340,7 @@ async def test_the_callers_x_request_id_comes_back_in_the_trailing_metadata(serv
 
 
 async def test_the_callers_x_request_id_is_bound_to_the_calls_log_lines(served: Served) -> None:
-    await call_method(served.stub, "Heartbeat", with_key(served, ("x-request-id", "line-3.req-42")))
+    await call_method(served.stub, "Heartbeat", with_edge_key(served, ("x-request-id", "line-3.req-42")))
     (seen,) = served.servicer.seen
     assert seen.request_id == "line-3.req-42" and seen.log_context["request_id"] == "line-3.req-42"
 
@@ -220,7 +390,7 @@ async def test_a_tandem_error_from_the_servicer_becomes_its_status_with_error_tr
     served: Served,
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await served.stub.Heartbeat(pb.HeartbeatRequest(), metadata=with_key(served))
+        await served.stub.Heartbeat(pb.HeartbeatRequest(), metadata=with_edge_key(served))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details() == "edge_id is required"
     assert dict(refused.value.trailing_metadata() or ())["x-tandem-error"] == "invalid_request_error"
@@ -231,7 +401,7 @@ async def test_a_tandem_error_from_the_servicer_becomes_its_status_with_error_tr
 
 @pytest.mark.parametrize("method", METHOD_NAMES)
 async def test_each_call_is_counted_by_method_and_status(served: Served, method: str) -> None:
-    await call_method(served.stub, method, with_key(served))
+    await call_method(served.stub, method, with_key_for(method, served))
     with pytest.raises(grpc.aio.AioRpcError):
         await call_method(served.stub, method)
     calls = "tandem_gateway_grpc_calls_total"

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from gateway.auth import INVALID, MISSING, Authenticator, credential
-from gateway.state import MemoryTenants, RedisState, Tenant
+from gateway.state import MemoryTenants, Principal, RedisState, Tenant
 from gateway.state.tenants import RedisTenants, TenantStore
 from tandem.errors import Unauthenticated, UpstreamUnavailable
 from tests.state.conftest import RedisServer
@@ -23,7 +23,7 @@ class CountingStore(MemoryTenants):
         self.delay = 0.0
         self.down = False
 
-    async def lookup(self, digest: str) -> Tenant | None:
+    async def lookup(self, digest: str) -> Principal | None:
         from gateway.state import StateUnavailable
 
         self.lookups += 1

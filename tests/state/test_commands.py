@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 
 from cli.main import main
 from gateway.fleet import EdgeStatus, ServedModel
-from gateway.state import Tenant
+from gateway.state import Principal
 from gateway.state.fleet_redis import RedisFleet
 from gateway.state.tenants import key_digest
 from tests.state.conftest import RedisServer, make_state
@@ -42,8 +42,8 @@ def tandem(redis_server: RedisServer, prefix: str) -> Tandem:
     return run
 
 
-def lookup(server: RedisServer, prefix: str, key: str) -> Tenant | None:
-    async def go() -> Tenant | None:
+def lookup(server: RedisServer, prefix: str, key: str) -> Principal | None:
+    async def go() -> Principal | None:
         from gateway.state.tenants import RedisTenants
 
         state = make_state(server, prefix)
@@ -62,8 +62,9 @@ def test_keys_create_prints_the_key_once_and_stores_only_its_digest(
     assert made.exit_code == 0, made.output
     key = made.stdout.strip()
     assert key.startswith("tdm-") and "only time the key is shown" in made.stderr
-    tenant = lookup(redis_server, prefix, key)
-    assert tenant is not None and tenant.rpm == 60 and tenant.models == frozenset({"qwen3"})
+    found = lookup(redis_server, prefix, key)
+    assert found is not None and found.role == "tenant"
+    assert found.tenant.rpm == 60 and found.tenant.models == frozenset({"qwen3"})
     listed = tandem("gateway", "keys", "list")
     assert "acme" in listed.stdout and key not in listed.stdout and key_digest(key)[:12] in listed.stdout
 

@@ -58,8 +58,9 @@ async def roundtrip(state: RedisState) -> None:
     tenants = RedisTenants(state)
     await tenants.set_tenant(Tenant("acme", rpm=5, tpm=1000, streams=2))
     key, _ = await tenants.create_key("acme")
-    tenant = await tenants.lookup(key_digest(key))
-    assert tenant is not None and tenant.streams == 2
+    found = await tenants.lookup(key_digest(key))
+    assert found is not None and found.tenant.streams == 2
+    tenant = found.tenant
     limits = TenantLimits(RedisLimiter(state, 30))
     await limits.start()
     grant = await limits.acquire(tenant, 100)

@@ -8,6 +8,13 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.fleet import (
+    MAX_EDGE_ID,
+    MAX_GROUP,
+    MAX_LABEL_KEY,
+    MAX_LABEL_VALUE,
+    MAX_LABELS,
+    MAX_STATUS_BYTES,
+    MAX_VERSION,
     Desired,
     EdgeStatus,
     MemoryFleet,
@@ -15,6 +22,7 @@ from gateway.fleet import (
     ServedModel,
     assignment,
     check_reference,
+    check_status,
     in_canary,
     matches,
     plan_rollback,
@@ -22,6 +30,7 @@ from gateway.fleet import (
 )
 from gateway.state import RedisState
 from gateway.state.fleet_redis import RedisFleet
+from tandem.errors import BadRequest
 from tests.state.conftest import RedisServer, make_state
 
 V1 = "registry.local:5000/models/qwen3:v1"
@@ -184,3 +193,49 @@ def test_a_digest_given_apart_pins_the_reference_the_edges_get() -> None:
 def test_desired_versions_survive_their_json_form() -> None:
     d = Desired(V2, DIGEST, 30, V1, "", updated_at=1.5)
     assert Desired.from_json(d.to_json()) == d
+
+
+# --- bounds --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "status"),
+    [
+        ("edge_id", EdgeStatus("", "line-a")),
+        ("edge_id", EdgeStatus("e" * 257, "line-a")),
+        ("group", EdgeStatus("e1", "g" * 129)),
+        ("version", EdgeStatus("e1", "line-a", version="v" * 65)),
+        ("models", EdgeStatus("e1", "line-a", models=[ServedModel(f"m{i}") for i in range(257)])),
+        ("models", EdgeStatus("e1", "line-a", models=[ServedModel("qwen3", "d" * 513)])),
+        ("labels", EdgeStatus("e1", "line-a", labels={f"k{i}": "" for i in range(33)})),
+        ("labels", EdgeStatus("e1", "line-a", labels={"": "v"})),
+        ("labels", EdgeStatus("e1", "line-a", labels={"k": "v" * 257})),
+    ],
+)
+async def test_a_status_over_a_cap_is_refused_naming_the_field_and_not_stored(
+    fleet: Fleet, field: str, status: EdgeStatus
+) -> None:
+    with pytest.raises(BadRequest, match=rf"^heartbeat {field}:") as refused:
+        await fleet.heartbeat(status)
+    assert refused.value.param == field and await fleet.edges() == []
+
+
+async def test_the_stored_record_is_bounded_even_when_each_field_is_within_its_cap() -> None:
+    biggest = EdgeStatus(
+        "e" * MAX_EDGE_ID,
+        "g" * MAX_GROUP,
+        models=[ServedModel("n" * 100, "sha256:" + "a" * 64, "r" * 200) for _ in range(100)],
+        version="v" * MAX_VERSION,
+        labels={f"{i:0{MAX_LABEL_KEY}d}": "x" * MAX_LABEL_VALUE for i in range(MAX_LABELS)},
+    )
+    assert len(check_status(biggest)) <= MAX_STATUS_BYTES
+    biggest.models *= 2
+    with pytest.raises(BadRequest, match=r"^heartbeat status:"):
+        check_status(biggest)
+
+
+async def test_redis_stores_nothing_for_a_refused_status(redis_state: RedisState, prefix: str) -> None:
+    fleet = RedisFleet(redis_state)
+    with pytest.raises(BadRequest):
+        await fleet.heartbeat(EdgeStatus("e1", "line-a", labels={f"k{i}": "x" * 200 for i in range(1000)}))
+    assert [n async for n in redis_state.client.scan_iter(match=f"{prefix}*")] == []

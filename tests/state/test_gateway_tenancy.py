@@ -249,14 +249,14 @@ async def test_a_revoked_key_stops_working_on_every_replica_within_seconds(
             await s.close()
 
 
-async def test_heartbeats_need_a_key_and_get_their_groups_rollout(
+async def test_heartbeats_need_an_edge_key_and_get_their_groups_rollout(
     stub: gateway_pb2_grpc.GatewayStub, tenants: RedisTenants, gateway: GatewayServer
 ) -> None:
     beat = pb.HeartbeatRequest(edge_id="edge-1", group="line-a", healthy=True)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub.Heartbeat(beat)
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    key = await new_key(tenants, Tenant("edges"))
+    key, _ = await tenants.create_key("edges", role="edge", edge="edge-1")
     metadata = (("authorization", f"Bearer {key}"),)
     assert (await stub.Heartbeat(beat, metadata=metadata)).desired_reference == ""
     await gateway.service.state.fleet.rollout("line-a", "registry.local:5000/models/qwen3:v2")  # type: ignore[attr-defined]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.state import RedisState, Tenant, TenantStore
+from gateway.state import Principal, RedisState, Tenant, TenantStore
 from gateway.state.tenants import key_digest, well_formed
 
 
@@ -12,13 +12,15 @@ async def test_a_created_key_resolves_to_its_tenant_with_its_models_and_limits(
     await tenant_store.set_tenant(Tenant("acme", frozenset({"qwen3"}), rpm=60, tpm=1000, streams=2))
     key, record = await tenant_store.create_key("acme", label="ci")
     assert well_formed(key) and record.tenant == "acme" and record.label == "ci"
-    assert await tenant_store.lookup(key_digest(key)) == Tenant("acme", frozenset({"qwen3"}), 60, 1000, 2)
+    assert await tenant_store.lookup(key_digest(key)) == Principal(
+        Tenant("acme", frozenset({"qwen3"}), 60, 1000, 2)
+    )
 
 
 async def test_a_key_of_a_tenant_without_settings_may_use_everything(tenant_store: TenantStore) -> None:
     key, _ = await tenant_store.create_key("beta")
-    tenant = await tenant_store.lookup(key_digest(key))
-    assert tenant is not None and tenant.allows("any-model") and not tenant.limited
+    found = await tenant_store.lookup(key_digest(key))
+    assert found is not None and found.tenant.allows("any-model") and not found.tenant.limited
 
 
 async def test_an_unknown_key_resolves_to_nothing(tenant_store: TenantStore) -> None:
