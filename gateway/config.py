@@ -21,6 +21,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from gateway.pool.discovery import DnsSource
+from gateway.pool.load import LeastLoadedWeights, LoadScrape
 from tandem.configfile import Section, load_config
 from tandem.errors import ConfigError
 from tandem.transport import ClientTLS, HttpClient
@@ -86,26 +88,62 @@ class Endpoint(Section):
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
+class Discovery(DnsSource):
+    """A pool's endpoints from DNS (a Kubernetes headless Service: one A/AAAA record per ready
+    pod), each served as this template says."""
+
+    model: str = Field(description="the served model name on every endpoint")
+    api_key_env: str | None = Field(None, description="environment variable holding their API key")
+    tls: ClientTLS | None = Field(None, description="for https: CA bundle, client certificate, verify")
+    max_concurrency: int = Field(64, ge=1)
+    weight: int = Field(1, ge=1)
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class ColdStart(Section):
+    """Holding requests while a pool has no ready endpoint (scaled to zero, or all failing)."""
+
+    max_pending: int = Field(256, ge=1, description="requests held at most; more get 429")
+    timeout_seconds: float = Field(300.0, gt=0, description="a held request waits this long, then 503")
+
+
 class Pool(Section):
     """A model group: one public model name served by one or more endpoints."""
 
     name: str = Field(min_length=1)
     aliases: list[str] = Field(default_factory=list)
     context_length: int = Field(32768, ge=256)
-    endpoints: list[Endpoint] = Field(min_length=1)
+    # A fixed list, or `discovery` (endpoints that come and go); at least one of the two.
+    endpoints: list[Endpoint] = Field(default_factory=list)
+    discovery: Discovery | None = None
+    # Without it, a request to a pool with no ready endpoint fails at once (503).
+    cold_start: ColdStart | None = None
     fallbacks: list[str] = Field(default_factory=list)
     # Where non-thinking work for this model goes; default: this pool with thinking off.
     non_thinking_pool: str | None = None
     # Qwen3 switches thinking per request; a pool of Qwen3-2507 Instruct/Thinking models cannot.
     supports_thinking_switch: bool = True
 
+    @model_validator(mode="after")
+    def _has_endpoints(self) -> Pool:
+        if not self.endpoints and self.discovery is None:
+            raise ValueError(f"pool {self.name!r} needs endpoints or discovery")
+        return self
+
 
 class Router(Section):
     """Retries, fallbacks and cooldowns (driven by litellm.Router)."""
 
-    strategy: Literal["simple-shuffle", "least-busy", "latency-based-routing", "usage-based-routing-v2"] = (
-        "simple-shuffle"
-    )
+    # litellm.Router's strategies, or Tandem's `least-loaded`: the endpoint whose engine reports
+    # the least work (queue, batch, KV cache; scraped from its /metrics) plus the gateway's own
+    # requests in flight to it.
+    strategy: Literal[
+        "simple-shuffle", "least-busy", "latency-based-routing", "usage-based-routing-v2", "least-loaded"
+    ] = "simple-shuffle"
+    load_scrape: LoadScrape = LoadScrape()  # for least-loaded
+    least_loaded: LeastLoadedWeights = LeastLoadedWeights()
     num_retries: int = Field(2, ge=0, le=10)
     # Retries allowed while they stay under this share of the pool's requests in the last
     # `retry_budget_window_seconds` (plus `retry_budget_min_retries` per window): at 30% random

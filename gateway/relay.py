@@ -27,14 +27,18 @@ class AttemptFailed(Exception):
 
     `request_fault` is True when the engine refused the request because of the request itself
     (`request_fault_of`): the endpoint is not to blame, and sending it elsewhere would most
-    likely fail the same way.
+    likely fail the same way. `reached` is False when the request provably never reached the
+    engine (no connection could be made): an engine not there yet, or gone.
     """
 
-    def __init__(self, message: str, *, status: int | None = None, request_fault: bool = False) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, request_fault: bool = False, reached: bool = True
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.request_fault = request_fault
+        self.reached = reached
 
 
 # The words with which engines say a request asks for something they cannot do: llama.cpp's
@@ -93,7 +97,7 @@ class Relay:
         except TimeoutError:
             raise AttemptFailed(f"{upstream.id}: no answer within {first_byte_timeout:g}s") from None
         except Unreachable as exc:
-            raise AttemptFailed(f"{upstream.id}: {exc}") from None
+            raise AttemptFailed(f"{upstream.id}: {exc}", reached=exc.sent) from None
         if resp.status != 200:
             raise await _failed_response(upstream, resp)
         return resp

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.config import GatewayConfig, Pool
 from gateway.pool import Balancer, Upstream
+from gateway.pool.elastic import ElasticPools
 from gateway.relay import AttemptFailed, Relay, StreamBroken, first_batch, stream_chunks
 from gateway.retry_budget import RetryBudget
 from tandem.chat import ChatRequest, ChatResult, Chunk, Mode, RouteDecision, Usage, assemble
@@ -65,6 +66,7 @@ class Admission:
     grant: Grant | None = None  # the tenant's limits, when it has any
     used_tokens: int | None = 0  # what the engine reported; None: unknown (keep the estimate)
     retry_budget_spent: bool = False  # a retry was due and the pool's retry budget refused it
+    pool: str | None = None  # the pool it counts in (its demand), once decided
 
     def take_upstream(self, upstream: Upstream) -> None:
         self.service._upstream_load[upstream.id] = self.service._upstream_load.get(upstream.id, 0) + 1
@@ -75,10 +77,16 @@ class Admission:
             self.service._upstream_load[self.upstream.id] -= 1
             self.upstream = None
 
+    def enter(self, pool: str) -> None:
+        self.pool = pool
+        self.service.elastic.entered(pool)
+
     def release(self) -> None:
         if not self.released:
             self.released = True
             self.drop_upstream()
+            if self.pool is not None:
+                self.service.elastic.left(self.pool)
             if self.grant is not None:
                 self.service.limits.finish(self.grant, self.used_tokens)
             self.service._in_flight -= 1
@@ -169,11 +177,14 @@ class GatewayService:
         self._idle = asyncio.Event()
         self._idle.set()
         self.draining = False
+        self.elastic = ElasticPools(config, balancer, self.transport, self.metrics, self._upstream_load)
 
     async def start(self) -> None:
         await self.state.start()
+        await self.elastic.start()
 
     async def close(self) -> None:
+        await self.elastic.stop()
         await self.transport.close()
         await self.state.close()
 
@@ -314,6 +325,8 @@ class GatewayService:
                 raise _request_error(exc)
         else:
             self.balancer.failed(upstream, status=exc.status, error=exc.message)
+            if not exc.reached:  # the engine is not there (any more): look the name up again
+                self.elastic.endpoint_failed(upstream.pool)
             self.metrics.upstream_failures.labels(upstream.label, str(exc.status or "connect")).inc()
             log.warning("upstream_attempt_failed", upstream=upstream.id, status=exc.status, error=exc.message)
         failures.append(exc)
@@ -365,55 +378,76 @@ class GatewayService:
         Anything raised here reaches the caller as a plain error status; once this returns,
         a failure can only end the stream (`ActiveStream.batches` raises `UpstreamFailed`).
         """
-        decision, _ = self.decide(req, tenant)
+        decision, pool = self.decide(req, tenant)
         admission = self._admit()
         failures: list[AttemptFailed] = []
-        router = self.config.router
         try:
             admission.grant = await self.limits.acquire(tenant, decision.estimated_tokens)
-            async with self._attempts(decision, admission) as attempts:
-                async for upstream in attempts:
-                    started = time.perf_counter()
-                    try:
-                        resp = await self.relay.open(
-                            upstream,
-                            self._body(req, decision, upstream, stream=True),
-                            first_byte_timeout=router.first_token_timeout_seconds,
-                            total_timeout=router.timeout_seconds,
-                        )
-                        rest = stream_chunks(resp)
-                        try:
-                            deadline = router.first_token_timeout_seconds
-                            first = await first_batch(rest, deadline)
-                        except TimeoutError:
-                            await rest.aclose()
-                            raise AttemptFailed(
-                                f"{upstream.id}: no first token within {deadline:g}s"
-                            ) from None
-                        except StreamBroken as exc:
-                            await rest.aclose()
-                            raise AttemptFailed(f"{upstream.id}: {exc}") from None
-                    except AttemptFailed as exc:
-                        self._fail(upstream, exc, failures)
-                        continue
-                    latency = time.perf_counter() - started
-                    self._succeeded(upstream, latency)
-                    self.metrics.first_token.observe(latency)
-                    admission.used_tokens = None  # known when the usage chunk arrives
-                    return ActiveStream(
-                        id=f"chatcmpl-{req.request_id or new_request_id()}",
-                        model=req.model,
-                        created=int(time.time()),
-                        decision=decision,
-                        first=first,
-                        _rest=rest,
-                        _admission=admission,
-                        _service=self,
-                    )
-            raise self._exhausted(decision, failures, admission)
+            admission.enter(decision.pool)
+            hold_until: float | None = None
+            while True:
+                active = await self._first_answer(req, decision, admission, failures)
+                if active is not None:
+                    return active
+                if not self._may_hold(pool, failures):
+                    raise self._exhausted(decision, failures, admission)
+                assert pool.cold_start is not None
+                if hold_until is None:
+                    hold_until = asyncio.get_running_loop().time() + pool.cold_start.timeout_seconds
+                await self.elastic.hold(pool, hold_until)
+                failures.clear()
         except BaseException:
             admission.release()
             raise
+
+    def _may_hold(self, pool: Pool, failures: list[AttemptFailed]) -> bool:
+        """Whether a request that found no endpoint may wait for one: the pool holds requests
+        (`cold_start`), and no engine got it (none was there, or none could be reached)."""
+        return pool.cold_start is not None and all(not f.reached for f in failures)
+
+    async def _first_answer(
+        self, req: ChatRequest, decision: RouteDecision, admission: Admission, failures: list[AttemptFailed]
+    ) -> ActiveStream | None:
+        """Tries endpoints until one streams its first chunks; None when none did."""
+        router = self.config.router
+        async with self._attempts(decision, admission) as attempts:
+            async for upstream in attempts:
+                started = time.perf_counter()
+                try:
+                    resp = await self.relay.open(
+                        upstream,
+                        self._body(req, decision, upstream, stream=True),
+                        first_byte_timeout=router.first_token_timeout_seconds,
+                        total_timeout=router.timeout_seconds,
+                    )
+                    rest = stream_chunks(resp)
+                    try:
+                        deadline = router.first_token_timeout_seconds
+                        first = await first_batch(rest, deadline)
+                    except TimeoutError:
+                        await rest.aclose()
+                        raise AttemptFailed(f"{upstream.id}: no first token within {deadline:g}s") from None
+                    except StreamBroken as exc:
+                        await rest.aclose()
+                        raise AttemptFailed(f"{upstream.id}: {exc}") from None
+                except AttemptFailed as exc:
+                    self._fail(upstream, exc, failures)
+                    continue
+                latency = time.perf_counter() - started
+                self._succeeded(upstream, latency)
+                self.metrics.first_token.observe(latency)
+                admission.used_tokens = None  # known when the usage chunk arrives
+                return ActiveStream(
+                    id=f"chatcmpl-{req.request_id or new_request_id()}",
+                    model=req.model,
+                    created=int(time.time()),
+                    decision=decision,
+                    first=first,
+                    _rest=rest,
+                    _admission=admission,
+                    _service=self,
+                )
+        return None
 
     # --- lifecycle ----------------------------------------------------------------------------
 

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import urlsplit
 
 from tandem.transport import ClientTLS
+
+if TYPE_CHECKING:
+    from gateway.pool.load import LoadScraper
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +39,14 @@ class Upstream:
         """What callers and `/metrics` see: the pool and a digest of the URL, stable across
         replicas and restarts, that names no host or port (those stay in the gateway's logs)."""
         return _label(self.pool, self.base_url)
+
+
+def deployment_id(pool: str, url: str) -> str:
+    """`pool@host_port/path`: an endpoint's id, readable in logs, the same in every replica
+    (derived from configuration or discovery alone). No ':' in it: litellm's usage-based
+    strategy splits its counter keys on ':' to find the id."""
+    parts = urlsplit(url)
+    return f"{pool}@{parts.netloc}{parts.path}".replace(":", "_")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -74,4 +87,16 @@ class Balancer(Protocol):
 
     def upstreams(self, pool: str) -> list[Upstream]:
         """Every endpoint of `pool` (for health probes and metrics)."""
+        ...
+
+    def add_upstream(self, upstream: Upstream, *, weight: int = 1) -> None:
+        """An endpoint that joined its pool (discovered); chosen from the next request on."""
+        ...
+
+    def remove_upstream(self, upstream_id: str) -> None:
+        """An endpoint that left its pool: no new requests (those in flight finish)."""
+        ...
+
+    def attach_load(self, load: LoadScraper, in_flight: Mapping[str, int]) -> None:
+        """Live engine load and the gateway's in-flight counts, for a load-aware strategy."""
         ...

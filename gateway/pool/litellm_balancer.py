@@ -51,10 +51,11 @@ import httpx  # noqa: E402
 import litellm  # noqa: E402
 from litellm import Router  # noqa: E402
 from litellm.router_api import fallback_chain  # noqa: E402
-from litellm.types.router import RouterRateLimitError  # noqa: E402
+from litellm.types.router import Deployment, RouterRateLimitError  # noqa: E402
 
 from gateway.config import GatewayConfig, Pool  # noqa: E402
-from gateway.pool import Upstream  # noqa: E402
+from gateway.pool import Upstream, deployment_id  # noqa: E402
+from gateway.pool.load import LoadScraper  # noqa: E402
 
 _PROVIDER = "hosted_vllm"
 # How long a read of litellm's cooldown store stands for simple-shuffle. A cooldown lasts
@@ -102,7 +103,12 @@ class LitellmBalancer:
         self._router = Router(**_router_arguments(config, model_list))
         self._health = self._router.health()
         self._cooldowns = self._health.cooldowns
-        self._shuffle = config.router.strategy == "simple-shuffle"
+        # least-loaded is Tandem's own choice over the same cooldown store as simple-shuffle.
+        self._least_loaded = config.router.strategy == "least-loaded"
+        self._shuffle = config.router.strategy in ("simple-shuffle", "least-loaded")
+        self._load: LoadScraper | None = None
+        self._in_flight: Mapping[str, int] = {}
+        self._load_weights = config.router.least_loaded
         self._cooling_view: dict[str, tuple[float, frozenset[str]]] = {}  # pool -> (until, ids)
         self._weights = {
             u.id: e.weight
@@ -151,7 +157,17 @@ class LitellmBalancer:
             return None
         if len(healthy) == 1:
             return healthy[0]
+        if self._least_loaded and self._load is not None:
+            return self._least_loaded_choice(healthy, self._load)
         return random.choices(healthy, weights=[self._weights[u.id] for u in healthy])[0]
+
+    def _least_loaded_choice(self, healthy: list[Upstream], load: LoadScraper) -> Upstream:
+        """The endpoint with the lowest score (engine queue, batch and KV cache from its last
+        /metrics reading, plus the gateway's requests in flight to it); ties broken at random,
+        so equal engines share the work."""
+        scores = load.scores(self._in_flight, self._load_weights, (u.id for u in healthy))
+        best = min(scores.values())
+        return random.choice([u for u in healthy if scores[u.id] <= best])
 
     def _any_choice(self, pool: str, exclude: frozenset[str]) -> Upstream | None:
         """The last resort when every endpoint left is cooling down: any of them, by weight."""
@@ -201,6 +217,32 @@ class LitellmBalancer:
         endpoint (no failure, no cooldown); the strategy only learns that the attempt ended."""
         self._feedback.failed(upstream)
 
+    def attach_load(self, load: LoadScraper, in_flight: Mapping[str, int]) -> None:
+        """Live engine load and the gateway's in-flight counts, for the least-loaded strategy."""
+        self._load = load
+        self._in_flight = in_flight
+
+    def add_upstream(self, upstream: Upstream, *, weight: int = 1) -> None:
+        """An endpoint that joined its pool (discovered): chosen from the next request on."""
+        if upstream.id in self._by_id:
+            return
+        self._router.add_deployment(Deployment(**_deployment(upstream, weight=weight)))
+        self._by_id[upstream.id] = upstream
+        self._weights[upstream.id] = weight
+        self._pools[upstream.pool] = (*self._pools.get(upstream.pool, ()), upstream)
+        self._cooling_view.pop(upstream.pool, None)
+
+    def remove_upstream(self, upstream_id: str) -> None:
+        """An endpoint that left its pool: no new requests; those in flight finish on it."""
+        upstream = self._by_id.pop(upstream_id, None)
+        if upstream is None:
+            return
+        self._router.delete_deployment(upstream_id)
+        self._weights.pop(upstream_id, None)
+        self._fails_in_a_row.pop(upstream_id, None)
+        self._pools[upstream.pool] = tuple(u for u in self._pools[upstream.pool] if u.id != upstream_id)
+        self._cooling_view.pop(upstream.pool, None)
+
     def fallbacks(self, pool: str) -> list[str]:
         """Pools to try, in order, when every endpoint of `pool` failed."""
         name = self._names.get(pool)
@@ -224,7 +266,7 @@ def _upstreams_of(pool: Pool, *, taken: Iterable[str]) -> list[Upstream]:
     made: list[Upstream] = []
     used = set(taken)
     for endpoint in pool.endpoints:
-        base = _deployment_id(pool.name, endpoint.url)
+        base = deployment_id(pool.name, endpoint.url)
         id, n = base, 1
         while id in used:  # the same URL twice in a pool (another served model, or a repeat)
             n += 1
@@ -243,13 +285,6 @@ def _upstreams_of(pool: Pool, *, taken: Iterable[str]) -> list[Upstream]:
             )
         )
     return made
-
-
-def _deployment_id(pool: str, url: str) -> str:
-    """`pool@host_port/path`: readable in logs and metrics, the same in every replica. No ':' in
-    it: litellm's usage-based strategy splits its counter keys on ':' to find the id."""
-    parts = urlsplit(url)
-    return f"{pool}@{parts.netloc}{parts.path}".replace(":", "_")
 
 
 def _deployment(upstream: Upstream, *, weight: int) -> dict[str, Any]:
@@ -272,7 +307,7 @@ def _router_arguments(config: GatewayConfig, model_list: list[dict[str, Any]]) -
     router = config.router
     arguments: dict[str, Any] = {
         "model_list": model_list,
-        "routing_strategy": router.strategy,
+        "routing_strategy": "simple-shuffle" if router.strategy == "least-loaded" else router.strategy,
         "num_retries": router.num_retries,
         # The balancer counts failures in a row and reports only the one that cools down.
         "allowed_fails": 0,
