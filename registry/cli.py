@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import re
 import sys
@@ -19,12 +18,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import structlog
 from rich.console import Console
 from rich.table import Table
 
 from registry.errors import RegistryError
 from registry.reference import Reference, parse_reference
+from tandem import logs
 from tandem.transport import HttpClient, Transport
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -65,12 +64,10 @@ def default_store() -> Path:
 
 
 def _quiet_logs() -> None:
-    # Log lines go to stderr and only when they matter: stdout belongs to --json output.
-    if not structlog.is_configured():
-        structlog.configure(
-            logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-            wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        )
+    # Log lines go to stderr and only when they matter: stdout belongs to --json output. Always
+    # set, not only when unconfigured: structlog's defaults (and a configuration left by a
+    # library or an earlier caller in the same process) print to stdout.
+    logs.configure(level=os.environ.get("TANDEM_LOG_LEVEL", "WARNING"), stream=sys.stderr)
 
 
 @contextlib.asynccontextmanager

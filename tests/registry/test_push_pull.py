@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from pathlib import Path
 
+import structlog
 from click.testing import CliRunner
 
 from registry.artifact import sha256_digest
@@ -166,3 +169,20 @@ def test_cli_push_json_reports_uploaded_and_skipped(model_ref, gguf_file: Path) 
     assert first.exit_code == second.exit_code == 0, first.output + second.output
     assert json.loads(second.stdout)["uploaded_bytes"] == 0
     assert json.loads(first.stdout)["digest"] == json.loads(second.stdout)["digest"]
+
+
+def test_cli_json_stays_clean_whatever_logging_the_process_had(model_ref, gguf_file: Path) -> None:
+    # structlog's defaults print to stdout; so does a configuration a library or a test helper
+    # leaves behind. `--json` output must still be the only thing on stdout.
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+    )
+    try:
+        out = CliRunner().invoke(
+            model, ["push", str(model_ref), "--gguf", str(gguf_file), "--plain-http", "--json"]
+        )
+    finally:
+        structlog.reset_defaults()
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["digest"].startswith("sha256:")
