@@ -56,6 +56,7 @@ from litellm.types.router import Deployment, RouterRateLimitError  # noqa: E402
 from gateway.config import GatewayConfig, Pool  # noqa: E402
 from gateway.pool import Upstream, deployment_id  # noqa: E402
 from gateway.pool.load import LoadScraper  # noqa: E402
+from tandem.logs import adopt_library_loggers  # noqa: E402
 
 _PROVIDER = "hosted_vllm"
 # How long a read of litellm's cooldown store stands for simple-shuffle. A cooldown lasts
@@ -76,6 +77,9 @@ def _quiet_litellm() -> None:
     litellm.input_callback = []
     litellm.service_callback = []
     litellm.set_verbose = False
+    # litellm gives its loggers handlers of their own (plain text on stderr); its lines go
+    # through the process's JSON pipeline and redaction instead.
+    adopt_library_loggers("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
 
 
 _quiet_litellm()

@@ -207,3 +207,13 @@ def test_two_endpoints_on_one_url_get_distinct_ids(make_balancer: MakeBalancer) 
     endpoints = [{"url": "http://127.0.0.1:9001/v1", "model": name} for name in ("base", "lora-a")]
     balancer = make_balancer([{"name": "qwen", "endpoints": endpoints}])
     assert len(set(ids_of(balancer))) == 2
+
+
+def test_litellm_logs_only_through_the_gateways_pipeline() -> None:
+    import logging
+
+    import gateway.pool.litellm_balancer  # noqa: F401  (importing it adopts litellm's loggers)
+
+    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+        logger = logging.getLogger(name)
+        assert logger.handlers == [] and logger.propagate, name
