@@ -19,11 +19,13 @@ from structlog.contextvars import bind_contextvars
 from gateway.auth import credential
 from gateway.service import ActiveStream, GatewayService
 from gateway.state import Tenant
-from tandem.chat import ChatRequest
+from tandem.chat import ChatRequest, RouteDecision
 from tandem.errors import BadRequest, TandemError
 from tandem.http_io import (
     BODY_LIMITS,
     BodyLimits,
+    EarlyStream,
+    StreamFormat,
     json_response,
     openai_stream_format,
     read_body,
@@ -77,14 +79,33 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             route_header[wire.ROUTE_HEADER] = result.route.header()
             _count(service, result.route.header(), "200")
             return json_response(wire.completion_body(result), headers=route_header)
-        stream = await service.stream(req, tenant)
+        early: EarlyStream | None = None
+        fmt = openai_stream_format(
+            f"chatcmpl-{rid}", req.model, int(time.time()), include_usage=req.include_usage
+        )
+
+        async def on_hold(decision: RouteDecision) -> None:
+            # The pool is scaling up from zero: answer now and keep the connection alive.
+            nonlocal early
+            route_header[wire.ROUTE_HEADER] = decision.header()
+            early = EarlyStream(fmt, route_header, service.config.http.sse_heartbeat_seconds)
+            await early.open(request)
+
+        try:
+            stream = await service.stream(req, tenant, on_hold=on_hold)
+        except TandemError as err:
+            if early is None:
+                raise
+            log.info("request_refused", status=wire.error_status(err), error=err.message)
+            _count(service, route_header[wire.ROUTE_HEADER], str(wire.error_status(err)))
+            return await early.fail(err)
     except TandemError as err:
         status = wire.error_status(err)
         log.info("request_refused", status=status, error=err.message)
         service.metrics.requests.labels("http", "", "", "", str(status)).inc()
         return error_response(err, route_header)
     route_header[wire.ROUTE_HEADER] = stream.decision.header()
-    return await _relay_stream(request, service, req, stream, route_header, started)
+    return await _relay_stream(request, service, req, stream, fmt, route_header, started, early)
 
 
 async def _relay_stream(
@@ -92,12 +113,13 @@ async def _relay_stream(
     service: GatewayService,
     req: ChatRequest,
     stream: ActiveStream,
+    fmt: StreamFormat,
     headers: dict[str, str],
     started: float,
+    early: EarlyStream | None,
 ) -> web.StreamResponse:
-    fmt = openai_stream_format(stream.id, stream.model, stream.created, include_usage=req.include_usage)
     resp, status = await write_stream(
-        request, stream, fmt, headers, keepalive_s=service.config.http.sse_heartbeat_seconds
+        request, stream, fmt, headers, keepalive_s=service.config.http.sse_heartbeat_seconds, early=early
     )
     _count(service, stream.decision.header(), status)
     service.metrics.duration.observe(time.perf_counter() - started)

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -372,11 +372,19 @@ class GatewayService:
             route=active.decision,
         )
 
-    async def stream(self, req: ChatRequest, tenant: Tenant | None = None) -> ActiveStream:
+    async def stream(
+        self,
+        req: ChatRequest,
+        tenant: Tenant | None = None,
+        *,
+        on_hold: Callable[[RouteDecision], Awaitable[None]] | None = None,
+    ) -> ActiveStream:
         """Starts a stream and waits for its first chunks, retrying elsewhere until they come.
 
         Anything raised here reaches the caller as a plain error status; once this returns,
         a failure can only end the stream (`ActiveStream.batches` raises `UpstreamFailed`).
+        `on_hold` is awaited once, when the request starts waiting for the pool to have an
+        endpoint (a face may start its answer then and keep the caller's connection alive).
         """
         decision, pool = self.decide(req, tenant)
         admission = self._admit()
@@ -394,6 +402,8 @@ class GatewayService:
                 assert pool.cold_start is not None
                 if hold_until is None:
                     hold_until = asyncio.get_running_loop().time() + pool.cold_start.timeout_seconds
+                    if on_hold is not None:
+                        await on_hold(decision)
                 await self.elastic.hold(pool, hold_until)
                 failures.clear()
         except BaseException:

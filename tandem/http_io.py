@@ -287,17 +287,8 @@ class Source(Protocol):
     async def close(self) -> None: ...
 
 
-async def write_stream(
-    request: web.Request,
-    stream: Source,
-    fmt: StreamFormat,
-    headers: dict[str, str],
-    *,
-    keepalive_s: float,
-) -> tuple[web.StreamResponse, str]:
-    """Streams `stream` to the caller; returns the response and the outcome for metrics
-    ("200", "502" when the source broke off, "499" when the caller went away)."""
-    resp = _StreamResponse(
+def _stream_response(fmt: StreamFormat, headers: dict[str, str]) -> web.StreamResponse:
+    return _StreamResponse(
         status=200,
         headers={
             **headers,
@@ -306,6 +297,62 @@ async def write_stream(
             "X-Accel-Buffering": "no",
         },
     )
+
+
+class EarlyStream:
+    """A stream answer started before its source exists: the headers and then a keep-alive
+    every `keepalive_s`, while the request waits (held for a pool scaling up from zero). The
+    caller's connection stays alive, and proxies with idle timeouts keep it open. Hand it to
+    `write_stream` once the source starts, or end it with `fail`."""
+
+    def __init__(self, fmt: StreamFormat, headers: dict[str, str], keepalive_s: float) -> None:
+        self.response = _stream_response(fmt, headers)
+        self._fmt = fmt
+        self._keepalive_s = keepalive_s
+        self._beat: asyncio.Task[None] | None = None
+
+    async def open(self, request: web.Request) -> None:
+        await self.response.prepare(request)
+        await self.response.write(self._fmt.keepalive)  # the headers leave now
+        self._beat = asyncio.create_task(self._keep_alive())
+
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(self._keepalive_s)
+            await self.response.write(self._fmt.keepalive)
+
+    async def stop_beating(self) -> None:
+        if self._beat is not None:
+            self._beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await self._beat
+            self._beat = None
+
+    async def fail(self, err: TandemError) -> web.StreamResponse:
+        """Ends the started answer with the error that ended the wait (its status is sent)."""
+        await self.stop_beating()
+        with contextlib.suppress(ConnectionError):
+            await self.response.write_eof(self._fmt.error(err))
+        return self.response
+
+
+async def write_stream(
+    request: web.Request,
+    stream: Source,
+    fmt: StreamFormat,
+    headers: dict[str, str],
+    *,
+    keepalive_s: float,
+    early: EarlyStream | None = None,
+) -> tuple[web.StreamResponse, str]:
+    """Streams `stream` to the caller; returns the response and the outcome for metrics
+    ("200", "502" when the source broke off, "499" when the caller went away). `early` is an
+    answer already started while the request waited: it goes on from there."""
+    if early is not None:
+        await early.stop_beating()
+        resp = early.response
+    else:
+        resp = _stream_response(fmt, headers)
     status = "200"
     last_write = time.monotonic()
 
@@ -322,7 +369,8 @@ async def write_stream(
     opening = fmt.opening
     ended = False
     try:
-        await resp.prepare(request)
+        if early is None:
+            await resp.prepare(request)
         async with contextlib.aclosing(stream.batches()) as batches:
             async for batch in batches:
                 data = opening + fmt.batch(batch)

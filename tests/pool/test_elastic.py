@@ -72,7 +72,7 @@ def config(dns: DnsServer, port: int, router: dict[str, Any] | None = None, **po
     return GatewayConfig.model_validate(
         {
             "grpc": {"port": 0},
-            "http": {"port": 0},
+            "http": {"port": 0, "sse_heartbeat_seconds": 0.2},
             "pools": [
                 {
                     "name": "qwen3",
@@ -251,3 +251,40 @@ async def test_least_loaded_sends_new_work_away_from_a_busy_engine(
         for task in backlog:
             task.cancel()
         await asyncio.gather(*backlog, return_exceptions=True)
+
+
+async def test_a_held_stream_is_kept_alive_and_then_answered(
+    fleet: Fleet, start_gateway: Callable[[GatewayConfig], Any]
+) -> None:
+    gateway = await start_gateway(
+        config(fleet.dns, fleet.port, cold_start={"max_pending": 5, "timeout_seconds": 30})
+    )
+    body = {"model": "qwen3", "messages": FAST, "stream": True}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"http://127.0.0.1:{gateway.http_port}/v1/chat/completions", json=body) as resp,
+    ):
+        assert resp.status == 200  # answered at once, while the pool is at zero
+        assert resp.headers["x-tandem-route"].startswith("target=cloud")
+        seen = b""
+        while seen.count(b": keep-alive") < 2:  # comments every sse_heartbeat_seconds
+            seen += await resp.content.readany()
+        await fleet.up("127.0.0.2")
+        seen += await resp.content.read()
+    assert b"data: [DONE]" in seen and b'"content"' in seen
+
+
+async def test_a_held_stream_that_times_out_ends_with_an_error_event(
+    fleet: Fleet, start_gateway: Callable[[GatewayConfig], Any]
+) -> None:
+    gateway = await start_gateway(
+        config(fleet.dns, fleet.port, cold_start={"max_pending": 5, "timeout_seconds": 0.6})
+    )
+    body = {"model": "qwen3", "messages": FAST, "stream": True}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"http://127.0.0.1:{gateway.http_port}/v1/chat/completions", json=body) as resp,
+    ):
+        assert resp.status == 200
+        text = (await resp.content.read()).decode()
+    assert ": keep-alive" in text and "cold_start.timeout_seconds" in text
