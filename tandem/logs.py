@@ -83,7 +83,10 @@ def configure(*, fmt: str | None = None, level: str | None = None, stream: Any =
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
         logger_factory=structlog.stdlib.LoggerFactory(),
-        cache_logger_on_first_use=True,
+        # Not cached: a logger cached on first use keeps the pipeline of that moment, and a later
+        # configuration (a command run in the same process, a test's capture) would miss it.
+        # Lines are logged per event, not per token; building the logger costs microseconds.
+        cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(

@@ -13,7 +13,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import hypothesis  # noqa: F401
 import pytest
+
+# hypothesis is imported here, at collection, on purpose: its pytest plugin imports it lazily
+# at the terminal summary of a run that used no hypothesis test, deep in pluggy's call stack,
+# where CPython 3.11.7's parser raises "AST constructor recursion depth mismatch" (a bug fixed
+# in later 3.11 releases) while pytest rewrites it, and the run ends with a traceback.
 
 # Some tests import litellm directly (as a client). Without these it would try to fetch its
 # model cost map from the internet at import; the machines running the suite are offline.
