@@ -301,7 +301,12 @@ class EdgeService:
             mode=p.decision.mode,
             metadata={**req.metadata, "edge_id": self.config.edge_id, "edge_reason": p.decision.reason},
         )
-        stream = await self.uplink.chat(up)
+        # A cold pool's gateway holds the request until a replica is ready: wait that long too.
+        pool = self.pool_state(req.model)
+        extra_wait_s = 0.0
+        if pool is not None and pool.readiness == pb.POOL_READINESS_COLD:
+            extra_wait_s = pool.estimated_wait_seconds
+        stream = await self.uplink.chat(up, extra_wait_s=extra_wait_s)
         return [stream.first], stream.rest()
 
     async def complete(
