@@ -100,11 +100,14 @@ def elastic_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ElasticC
         env,
     )
     ready = orjson.loads(found.group(0))
+    # Read by the in-process edges' uplinks; the session's `cloud` may have set it too: left as found.
+    before = os.environ.get(EDGE_KEY_ENV)
     os.environ[EDGE_KEY_ENV] = EDGE_KEY
     try:
         yield ElasticCloud(ready["grpc"], ready["http"], dns, host)
     finally:
-        os.environ.pop(EDGE_KEY_ENV, None)
+        if before is None:
+            os.environ.pop(EDGE_KEY_ENV, None)
         gateway.stop()
         engine.stop()
         dns.stop()
