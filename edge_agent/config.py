@@ -14,7 +14,7 @@ Example (`edge.yaml`):
       address: gateway.example.com:50051
       tls: {ca_file: /etc/tandem/ca.pem, cert_file: /etc/tandem/edge.pem, key_file: /etc/tandem/edge.key}
       api_key_env: TANDEM_EDGE_API_KEY
-    policy: {wan_down: degrade, ollama_down: forward}
+    policy: {wan_down: degrade, ollama_down: forward, cloud_cold: wait}
 
 Top-level keys are distinct from the gateway's (`listen`, not `http`), so `tandem up` can give
 both processes one environment without one's overrides landing in the other.
@@ -140,6 +140,9 @@ class Policy(Section):
     wan_down: Literal["degrade", "reject"] = "degrade"
     # The local Ollama is down: send non-thinking work to the gateway, or answer 503.
     ollama_down: Literal["forward", "reject"] = "forward"
+    # The cloud pool work would go to is cold (the last heartbeat reply said so): forward it
+    # anyway (the gateway holds it until a replica is ready), or run it here, thinking on.
+    cloud_cold: Literal["wait", "degrade"] = "wait"
 
 
 class EdgeConfig(Section):

@@ -10,7 +10,11 @@ the edge has to decide, from a snapshot of its parts (`Situation`):
   request spills over with that reason whatever the policy;
 - the target is the gateway but the uplink is down: degrade (run it here, thinking on when
   the request thinks and the model can; `reason=degraded`) or reject, by `policy.wan_down`.
-  Degrading needs a local model that fits the request; otherwise the answer is a 503.
+  Degrading needs a local model that fits the request; otherwise the answer is a 503;
+- the target is the gateway and the uplink is up, but the last heartbeat reply said the pool
+  it goes to is cold: forward it anyway (the gateway holds it until a replica is ready) or
+  degrade as above (`reason=cloud_cold`), by `policy.cloud_cold`. What cannot run here
+  (model not on this box, too long for the local context) is forwarded either way.
 
 Pure and cheap: the edge calls it again with an updated snapshot when an attempt fails
 before its first token, so each target is tried at most once.
@@ -29,6 +33,7 @@ from tandem.routing.decide import EdgeView, route
 
 LOCAL_UNAVAILABLE = "local_unavailable"
 DEGRADED = "degraded"
+CLOUD_COLD = "cloud_cold"
 
 
 class Action(enum.StrEnum):
@@ -46,6 +51,8 @@ class Situation:
     local_up: bool
     saturated: bool
     uplink_up: bool
+    # The gateway's pool for this request was cold at the last heartbeat reply (a fresh one).
+    cloud_cold: bool = False
     # Why the local engine cannot take this request: it is down, or it refused this one
     # (`saturated`, `model_unavailable`).
     local_down_reason: str = LOCAL_UNAVAILABLE
@@ -68,7 +75,13 @@ def plan(req: ChatRequest, s: Situation, policy: Policy) -> Plan:
     decision = route(req, edge=EdgeView(local_models=s.local_models, saturated=s.saturated))
     if decision.target is Target.EDGE:
         return Plan(Action.LOCAL, decision) if s.local_up else _local_down(decision, s, policy)
-    return Plan(Action.FORWARD, decision) if s.uplink_up else _wan_down(req, decision, s, policy)
+    if not s.uplink_up:
+        return _wan_down(req, decision, s, policy)
+    if s.cloud_cold and policy.cloud_cold == "degrade":
+        here = _here(req, decision, s, CLOUD_COLD)
+        if isinstance(here, Plan):
+            return here
+    return Plan(Action.FORWARD, decision)
 
 
 def _local_down(decision: RouteDecision, s: Situation, policy: Policy) -> Plan:
@@ -86,20 +99,24 @@ def _local_down(decision: RouteDecision, s: Situation, policy: Policy) -> Plan:
 def _wan_down(req: ChatRequest, decision: RouteDecision, s: Situation, policy: Policy) -> Plan:
     if policy.wan_down == "reject":
         return _reject(decision, s.uplink_down_why, s.uplink_retry_after)
+    here = _here(req, decision, s, DEGRADED)
+    if isinstance(here, Plan):
+        return here
+    return _reject(decision, f"{s.uplink_down_why} and {here}", s.uplink_retry_after)
+
+
+def _here(req: ChatRequest, decision: RouteDecision, s: Situation, reason: str) -> Plan | str:
+    """`req` run on this box instead of the gateway (thinking on when it thinks and the local
+    model can), or why it cannot run here."""
     if not s.local_up:
-        return _reject(
-            decision, f"{s.uplink_down_why} and the local Ollama is unavailable", s.uplink_retry_after
-        )
+        return "the local Ollama is unavailable"
     # Would this box take the request if it did not think? The same rules answer (model here,
     # context fits); the local queue is no reason to refuse now: waiting beats failing.
     fit = route(replace(req, mode=Mode.NON_THINKING), edge=EdgeView(local_models=s.local_models))
     if fit.target is not Target.EDGE:
-        why = (
-            f"model '{req.model}' is not served on this box"
-            if fit.reason == "model_unavailable"
-            else "it needs more context than the local model has"
-        )
-        return _reject(decision, f"{s.uplink_down_why} and {why}", s.uplink_retry_after)
+        if fit.reason == "model_unavailable":
+            return f"model '{req.model}' is not served on this box"
+        return "it needs more context than the local model has"
     can_think = req.model in s.thinkers or f"{req.model}:latest" in s.thinkers
     thinking = decision.mode is Mode.THINKING and can_think
     return Plan(
@@ -107,7 +124,7 @@ def _wan_down(req: ChatRequest, decision: RouteDecision, s: Situation, policy: P
         RouteDecision(
             mode=Mode.THINKING if thinking else Mode.NON_THINKING,
             target=Target.EDGE,
-            reason=DEGRADED,
+            reason=reason,
             estimated_tokens=fit.estimated_tokens,
             confidence=decision.confidence,
         ),

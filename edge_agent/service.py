@@ -12,7 +12,8 @@ Ollama faces, which only convert wire formats. For each request it:
    (forward, degrade or a clear 503), so no request hangs on a dead part;
 4. hands the faces a stream whose first chunks have arrived (or a whole answer).
 
-It also runs the uplink's health probe (feeding the breaker) and the heartbeat to the gateway.
+It also runs the uplink's health probe (feeding the breaker) and the heartbeat to the gateway,
+keeping the last reply's cloud pool states for the `cloud_cold` policy.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from tandem.wire import ollama as ollama_wire
 log = get_logger("tandem.edge")
 
 _BREAKER_VALUE = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
+# Pool states older than this many heartbeat intervals say nothing (replies stopped coming).
+POOL_STATES_TRUSTED_INTERVALS = 3
 
 
 @dataclass(slots=True)
@@ -116,6 +119,10 @@ class EdgeService:
         self._tasks: list[asyncio.Task[None]] = []
         self._cloud_models: list[pb.ModelInfo] = []
         self._cloud_models_at = -1e9
+        # The last heartbeat reply's pool states, by every name that reaches the pool; when it came.
+        self._pools: dict[str, pb.PoolState] = {}
+        self._pools_at = -1e9
+        self._heartbeat_interval = config.heartbeat_seconds
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -170,8 +177,8 @@ class EdgeService:
 
     # --- deciding ------------------------------------------------------------------------------
 
-    def situation(self) -> Situation:
-        """A snapshot of the parts, for one plan."""
+    def situation(self, model: str | None = None) -> Situation:
+        """A snapshot of the parts, for one plan (of a request for `model`)."""
         local = self.local
         return Situation(
             local_models=local.contexts,
@@ -179,9 +186,23 @@ class EdgeService:
             local_up=local.available,
             saturated=local.saturated,
             uplink_up=self.breaker.allows,
+            cloud_cold=model is not None and self.cloud_cold(model),
             uplink_retry_after=self.config.breaker.retry_after_seconds,
             local_retry_after=self.config.ollama.refresh_seconds,
         )
+
+    def pool_state(self, model: str) -> pb.PoolState | None:
+        """The state of the gateway's pool for `model` (as forwarded) at the last heartbeat
+        reply; None when unknown, or when that reply is older than
+        `POOL_STATES_TRUSTED_INTERVALS` heartbeat intervals."""
+        age = asyncio.get_running_loop().time() - self._pools_at
+        if age > POOL_STATES_TRUSTED_INTERVALS * self._heartbeat_interval:
+            return None
+        return self._pools.get(self.config.uplink.models.get(model, model))
+
+    def cloud_cold(self, model: str) -> bool:
+        state = self.pool_state(model)
+        return state is not None and state.readiness == pb.POOL_READINESS_COLD
 
     # --- running -------------------------------------------------------------------------------
 
@@ -199,7 +220,7 @@ class EdgeService:
             req.request_id = new_request_id()
         self._enter()
         try:
-            s = self.situation()
+            s = self.situation(req.model)
             for _ in range(3):  # each part is tried at most once, then the plan is a reject
                 p = policy.plan(req, s, self.config.policy)
                 try:
@@ -280,7 +301,12 @@ class EdgeService:
             mode=p.decision.mode,
             metadata={**req.metadata, "edge_id": self.config.edge_id, "edge_reason": p.decision.reason},
         )
-        stream = await self.uplink.chat(up)
+        # A cold pool's gateway holds the request until a replica is ready: wait that long too.
+        pool = self.pool_state(req.model)
+        extra_wait_s = 0.0
+        if pool is not None and pool.readiness == pb.POOL_READINESS_COLD:
+            extra_wait_s = pool.estimated_wait_seconds
+        stream = await self.uplink.chat(up, extra_wait_s=extra_wait_s)
         return [stream.first], stream.rest()
 
     async def complete(
@@ -385,7 +411,6 @@ class EdgeService:
         return out
 
     async def _heartbeat_loop(self) -> None:
-        interval = self.config.heartbeat_seconds
         while True:
             if self.breaker.allows:
                 try:
@@ -393,11 +418,17 @@ class EdgeService:
                 except (UplinkDown, TandemError) as exc:
                     log.info("heartbeat_failed", error=str(exc))
                 else:
-                    # The gateway says when to send the next one.
-                    interval = reply.interval_seconds or self.config.heartbeat_seconds
-                    for listener in self.heartbeat_listeners:
-                        listener(reply)
-            await asyncio.sleep(interval)
+                    self.heard(reply)
+            await asyncio.sleep(self._heartbeat_interval)
+
+    def heard(self, reply: pb.HeartbeatResponse) -> None:
+        """Takes in one heartbeat reply: the next interval (the gateway says when), the cloud
+        pools' states, and whatever the listeners do with it."""
+        self._heartbeat_interval = reply.interval_seconds or self.config.heartbeat_seconds
+        self._pools = {name: p for p in reply.pools for name in (p.name, *p.aliases)}
+        self._pools_at = asyncio.get_running_loop().time()
+        for listener in self.heartbeat_listeners:
+            listener(reply)
 
 
 # Where the edge app keeps its service, for the faces' handlers.

@@ -178,8 +178,9 @@ class Uplink:
             status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
             raise UplinkDown(f"the gateway reports {status}")
 
-    async def chat(self, req: ChatRequest) -> UplinkStream:
-        """Forwards `req` and waits for its first chunk.
+    async def chat(self, req: ChatRequest, *, extra_wait_s: float = 0.0) -> UplinkStream:
+        """Forwards `req` and waits for its first chunk (`first_chunk_timeout_seconds`, plus
+        `extra_wait_s` when the gateway is expected to hold it: a cold pool starting).
 
         Raises `UplinkDown` for a link failure (counted by the breaker) and the gateway's own
         errors as Tandem errors (`ModelNotFound`, `BadRequest`, `UpstreamUnavailable`, ...).
@@ -192,14 +193,13 @@ class Uplink:
             last_seen=asyncio.get_running_loop().time(),
         )
         self._active.add(call)
+        first_chunk_s = self.config.first_chunk_timeout_seconds + extra_wait_s
         try:
             try:
-                async with asyncio.timeout(self.config.first_chunk_timeout_seconds):
+                async with asyncio.timeout(first_chunk_s):
                     first = await self._read(call)
             except TimeoutError:
-                raise UplinkDown(
-                    f"no answer from the gateway within {self.config.first_chunk_timeout_seconds:g}s"
-                ) from None
+                raise UplinkDown(f"no answer from the gateway within {first_chunk_s:g}s") from None
             except ModelNotFound:
                 raise ModelNotFound(req.model) from None
             if first is None:

@@ -11,7 +11,8 @@ metadata `x-request-id`) and is counted: `gateway.grpc_interceptors` does that a
 method. `Heartbeat` needs an edge credential (an edge key, or the client certificate an mTLS
 listener verified), may report only the edge that credential names, records the edge's status
 in the fleet store (bounded: `gateway.fleet.check_status`) and answers with the model version
-the edge should serve.
+the edge should serve and every cloud pool's state (warm or cold, `gateway.pool.elastic.PoolStates`),
+which the edge's `cloud_cold` policy reads.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from gateway import fleet
 from gateway.config import TLS
 from gateway.fleet import EdgeStatus, FleetStore, ServedModel
 from gateway.grpc_interceptors import current_call, interceptors
+from gateway.pool.elastic import PoolState, PoolStates, Readiness
 from gateway.service import GatewayService
 from tandem.chat import Chunk, Usage
 from tandem.errors import PermissionDenied
@@ -46,6 +48,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
     def __init__(self, service: GatewayService, fleet_store: FleetStore) -> None:
         self.service = service
         self.fleet = fleet_store
+        self.pool_states = PoolStates(service.elastic)
 
     async def Chat(
         self, request: pb.ChatRequest, context: grpc.aio.ServicerContext
@@ -121,7 +124,23 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             desired_digest=digest,
             interval_seconds=self.service.config.fleet.heartbeat_seconds,
             server_time_unix=int(time.time()),
+            pools=[_pool_to_pb(p) for p in self.pool_states.now()],
         )
+
+
+_READINESS = {Readiness.WARM: pb.POOL_READINESS_WARM, Readiness.COLD: pb.POOL_READINESS_COLD}
+
+
+def _pool_to_pb(p: PoolState) -> pb.PoolState:
+    return pb.PoolState(
+        name=p.name,
+        aliases=p.aliases,
+        readiness=_READINESS[p.readiness],
+        endpoints=p.endpoints,
+        held=p.held,
+        cold_seconds=p.cold_seconds,
+        estimated_wait_seconds=p.estimated_wait_seconds,
+    )
 
 
 def _merge(batch: list[Chunk]) -> Chunk:

@@ -15,13 +15,18 @@ load, demand for the autoscaler, and requests held while a pool has no ready end
   endpoint joined, or `RECHECK_S` passed. At most `max_pending` are held (more: 429), each for
   at most `timeout_seconds` (then 503), all with Retry-After. Held requests wake in arrival
   order.
+- **State.** `PoolStates` says, for the Heartbeat reply, whether each pool is warm or cold and
+  for how long, so an edge can choose to wait for it or run thinking work at home.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from prometheus_client import Gauge
 
@@ -39,6 +44,11 @@ log = get_logger("tandem.gateway.pool")
 # A held request looks again this often even when no endpoint joined: endpoints that were
 # cooling down, or refusing connections while their engine loaded, may take it now.
 RECHECK_S = 1.0
+
+# What a cold pool is expected to take to serve again, for the wait the Heartbeat reply
+# estimates: a vLLM pod's scheduling, image start and model load (Qwen3-14B: about a minute).
+# A constant until a pool can say it (a `cold_start.expected_seconds` in gateway/config.py).
+EXPECTED_COLD_START_S = 60.0
 
 
 class ElasticPools:
@@ -175,6 +185,10 @@ class ElasticPools:
     def held(self, pool: str) -> int:
         return self._held.get(pool, 0)
 
+    def endpoints(self, pool: str) -> int:
+        """Endpoints `pool` has now (configured or discovered), ready or not."""
+        return len(self._balancer.upstreams(pool))
+
     async def hold(self, pool: Pool, deadline: float) -> None:
         """Waits until `pool` may take the request (an endpoint joined, or `RECHECK_S` passed).
 
@@ -207,3 +221,54 @@ class ElasticPools:
             pass
         finally:
             self._held[pool.name] -= 1
+
+
+class Readiness(enum.StrEnum):
+    WARM = "warm"  # has endpoints and holds no request
+    COLD = "cold"  # no endpoint, or requests are held because none would take them
+
+
+@dataclass(frozen=True, slots=True)
+class PoolState:
+    """One pool as the Heartbeat reply describes it."""
+
+    name: str
+    aliases: tuple[str, ...]
+    readiness: Readiness
+    endpoints: int
+    held: int
+    cold_seconds: float  # since when the gateway has seen it cold; 0 when warm
+    estimated_wait_seconds: float  # a guess (see `PoolStates`); 0 when warm
+
+
+class PoolStates:
+    """Each pool's state, for the Heartbeat reply.
+
+    Cold means no request would start now: the pool has no endpoint, or it holds requests
+    (every endpoint refused them or is cooling down). The time a pool went cold is noted when
+    a reply first sees it cold; edges send heartbeats every few seconds, so that is late by
+    at most about one heartbeat interval. The estimated wait is `EXPECTED_COLD_START_S` minus
+    the time cold so far, at least `RECHECK_S` (it is cold now: the wait is not zero) and at
+    most the pool's `cold_start.timeout_seconds` (a held request is refused after that).
+    """
+
+    def __init__(self, elastic: ElasticPools, clock: Callable[[], float] = time.monotonic) -> None:
+        self._elastic = elastic
+        self._clock = clock
+        self._cold_since: dict[str, float] = {}
+
+    def now(self) -> list[PoolState]:
+        return [self._state(pool) for pool in self._elastic.config.pools]
+
+    def _state(self, pool: Pool) -> PoolState:
+        endpoints, held = self._elastic.endpoints(pool.name), self._elastic.held(pool.name)
+        aliases = tuple(pool.aliases)
+        if endpoints and not held:
+            self._cold_since.pop(pool.name, None)
+            return PoolState(pool.name, aliases, Readiness.WARM, endpoints, held, 0.0, 0.0)
+        now = self._clock()
+        cold_for = now - self._cold_since.setdefault(pool.name, now)
+        wait = max(EXPECTED_COLD_START_S - cold_for, RECHECK_S)
+        if pool.cold_start is not None:
+            wait = min(wait, pool.cold_start.timeout_seconds)
+        return PoolState(pool.name, aliases, Readiness.COLD, endpoints, held, cold_for, wait)

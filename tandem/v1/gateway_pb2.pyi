@@ -23,6 +23,12 @@ class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLE_ASSISTANT: _ClassVar[Role]
     ROLE_TOOL: _ClassVar[Role]
     ROLE_DEVELOPER: _ClassVar[Role]
+
+class PoolReadiness(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    POOL_READINESS_UNSPECIFIED: _ClassVar[PoolReadiness]
+    POOL_READINESS_WARM: _ClassVar[PoolReadiness]
+    POOL_READINESS_COLD: _ClassVar[PoolReadiness]
 MODE_UNSPECIFIED: Mode
 MODE_AUTO: Mode
 MODE_THINKING: Mode
@@ -33,6 +39,9 @@ ROLE_USER: Role
 ROLE_ASSISTANT: Role
 ROLE_TOOL: Role
 ROLE_DEVELOPER: Role
+POOL_READINESS_UNSPECIFIED: PoolReadiness
+POOL_READINESS_WARM: PoolReadiness
+POOL_READINESS_COLD: PoolReadiness
 
 class ToolCall(_message.Message):
     __slots__ = ("id", "type", "name", "arguments_json", "index")
@@ -284,14 +293,34 @@ class HeartbeatRequest(_message.Message):
     labels: _containers.ScalarMap[str, str]
     def __init__(self, edge_id: _Optional[str] = ..., group: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., healthy: _Optional[bool] = ..., version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
+class PoolState(_message.Message):
+    __slots__ = ("name", "aliases", "readiness", "endpoints", "held", "cold_seconds", "estimated_wait_seconds")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    READINESS_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    COLD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    aliases: _containers.RepeatedScalarFieldContainer[str]
+    readiness: PoolReadiness
+    endpoints: int
+    held: int
+    cold_seconds: float
+    estimated_wait_seconds: float
+    def __init__(self, name: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., readiness: _Optional[_Union[PoolReadiness, str]] = ..., endpoints: _Optional[int] = ..., held: _Optional[int] = ..., cold_seconds: _Optional[float] = ..., estimated_wait_seconds: _Optional[float] = ...) -> None: ...
+
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("desired_reference", "desired_digest", "interval_seconds", "server_time_unix")
+    __slots__ = ("desired_reference", "desired_digest", "interval_seconds", "server_time_unix", "pools")
     DESIRED_REFERENCE_FIELD_NUMBER: _ClassVar[int]
     DESIRED_DIGEST_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SERVER_TIME_UNIX_FIELD_NUMBER: _ClassVar[int]
+    POOLS_FIELD_NUMBER: _ClassVar[int]
     desired_reference: str
     desired_digest: str
     interval_seconds: int
     server_time_unix: int
-    def __init__(self, desired_reference: _Optional[str] = ..., desired_digest: _Optional[str] = ..., interval_seconds: _Optional[int] = ..., server_time_unix: _Optional[int] = ...) -> None: ...
+    pools: _containers.RepeatedCompositeFieldContainer[PoolState]
+    def __init__(self, desired_reference: _Optional[str] = ..., desired_digest: _Optional[str] = ..., interval_seconds: _Optional[int] = ..., server_time_unix: _Optional[int] = ..., pools: _Optional[_Iterable[_Union[PoolState, _Mapping]]] = ...) -> None: ...
