@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from tests.edge.conftest import (
     edge_config,
     start_vllm,
 )
-from tests.pool.conftest import DnsServer
+from tests.pool.conftest import DnsServer, dns_port
 
 ELASTIC = "qwen3-elastic"  # the gateway's pool that scales from zero
 NAME = "vllm.pool.test"  # its endpoints' DNS name
@@ -71,7 +70,7 @@ def elastic_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ElasticC
     if not Path(exe).exists():
         pytest.fail("dnsmasq is missing: `bash deploy/bootstrap.sh --test` installs it (dnsmasq-base)")
     (tmp / "dns").mkdir()
-    dns = DnsServer(exe, tmp / "dns", _free_dns_port())
+    dns = DnsServer(exe, tmp / "dns", dns_port())
     dns.set(NAME, [])
     dns.start()
     engine, url = start_vllm(tmp, "vllm", "--model", "Qwen/Qwen3-14B", "--output-tokens", "8")
@@ -111,19 +110,6 @@ def elastic_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ElasticC
         gateway.stop()
         engine.stop()
         dns.stop()
-
-
-def _free_dns_port() -> int:
-    """A loopback port free for both UDP and TCP (dnsmasq listens on both; one taken fails it)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, socket.socket() as tcp:
-            udp.bind(("127.0.0.1", 0))
-            port = int(udp.getsockname()[1])
-            try:
-                tcp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
 
 
 @pytest.fixture
