@@ -34,11 +34,20 @@ def find_dnsmasq() -> str | None:
     return found
 
 
-def free_udp_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
+def free_dns_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on `host`: dnsmasq serves both, and exits at start
+    when either is taken."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((host, 0))
+            port: int = udp.getsockname()[1]
+            with socket.socket() as tcp:
+                try:
+                    tcp.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError(f"no port on {host} free for both UDP and TCP")
 
 
 class DnsPublisher:
@@ -46,7 +55,7 @@ class DnsPublisher:
 
     def __init__(self, name: str, directory: Path, port: int = 0, exe: str | None = None) -> None:
         self.name = name.rstrip(".")
-        self.port = port or free_udp_port()
+        self.port = port or free_dns_port()
         self._exe = exe or find_dnsmasq()
         self._dir = directory
         self._hosts = directory / "hosts"

@@ -22,6 +22,7 @@ import yaml
 from edge_agent.server import EdgeServer
 from gateway.state.tenants import key_digest
 from simulators import OllamaSimulator
+from simulators.dnsmasq import free_dns_port
 from tests.edge.conftest import (
     CLOUD_CONTEXT,
     EDGE_KEY,
@@ -33,7 +34,7 @@ from tests.edge.conftest import (
     edge_config,
     start_vllm,
 )
-from tests.pool.conftest import DnsServer, dns_port
+from tests.pool.conftest import DnsServer
 
 ELASTIC = "qwen3-elastic"  # the gateway's pool that scales from zero
 NAME = "vllm.pool.test"  # its endpoints' DNS name
@@ -70,7 +71,7 @@ def elastic_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ElasticC
     if not Path(exe).exists():
         pytest.fail("dnsmasq is missing: `bash deploy/bootstrap.sh --test` installs it (dnsmasq-base)")
     (tmp / "dns").mkdir()
-    dns = DnsServer(exe, tmp / "dns", dns_port())
+    dns = DnsServer(exe, tmp / "dns", free_dns_port())
     dns.set(NAME, [])
     dns.start()
     engine, url = start_vllm(tmp, "vllm", "--model", "Qwen/Qwen3-14B", "--output-tokens", "8")

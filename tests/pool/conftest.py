@@ -17,6 +17,7 @@ import pytest
 
 from gateway.config import GatewayConfig
 from gateway.pool.litellm_balancer import LitellmBalancer
+from simulators.dnsmasq import free_dns_port
 
 MakeBalancer = Callable[..., LitellmBalancer]
 
@@ -149,29 +150,13 @@ def _user() -> str:
     return pwd.getpwuid(os.getuid()).pw_name
 
 
-def dns_port() -> int:
-    """A loopback port free for both UDP and TCP (dnsmasq serves both, and exits at start when
-    either is taken)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket() as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no loopback port free for both UDP and TCP")
-
-
 @pytest.fixture
 def dns_server(tmp_path: Path) -> Iterator[DnsServer]:
     """A dnsmasq of this test's own on a free loopback UDP port."""
     exe = shutil.which("dnsmasq") or ("/usr/sbin/dnsmasq" if Path("/usr/sbin/dnsmasq").exists() else None)
     if exe is None:
         pytest.fail("dnsmasq is missing: `bash deploy/bootstrap.sh --test` installs it (dnsmasq-base)")
-    server = DnsServer(exe, tmp_path, dns_port())
+    server = DnsServer(exe, tmp_path, free_dns_port())
     server.set("placeholder.pool.test", [])
     server.start()
     try:
