@@ -30,7 +30,6 @@ per interceptor, and a streamed message one generator step per interceptor.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
@@ -48,7 +47,7 @@ from gateway.auth import Authenticator, credential
 from gateway.state import Tenant
 from tandem.chat import RouteDecision
 from tandem.errors import BadRequest, PermissionDenied, TandemError
-from tandem.logs import bind_request, get_logger, new_request_id
+from tandem.logs import bind_request, callers_request_id, get_logger, new_request_id
 from tandem.metrics import Metrics
 from tandem.v1 import gateway_pb2 as pb
 from tandem.wire import protobuf as wire
@@ -61,8 +60,6 @@ Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.Rpc
 Context: TypeAlias = grpc.aio.ServicerContext
 Deserializer: TypeAlias = Callable[[bytes], object]  # a message, or `Undecodable`
 
-# Ids the caller chooses travel back in metadata and into every log line: printable, short.
-_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._~:/+=@-]{1,128}")
 # The fleet's methods: only an edge may call them.
 EDGE_METHODS = frozenset({"Heartbeat"})
 
@@ -223,14 +220,12 @@ def _request_id(method: Method, request: Message, context: Context) -> str:
     """The request's own id (what the edge agent sends), else the caller's `x-request-id`, else
     a new one; an id that is not short printable ASCII is ignored."""
     if method.has_request_id and not isinstance(request, Undecodable):
-        own: str = request.request_id
-        if own and _VALID_REQUEST_ID.fullmatch(own):
+        own = callers_request_id(request.request_id)
+        if own:
             return own
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id":
-            if isinstance(value, str) and _VALID_REQUEST_ID.fullmatch(value):
-                return value
-            break
+            return callers_request_id(value) or new_request_id()
     return new_request_id()
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 import zlib
 from collections.abc import AsyncGenerator, Callable
@@ -25,7 +24,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from tandem.chat import Chunk, RouteDecision
 from tandem.errors import BadRequest, PayloadTooLarge, TandemError, UnsupportedEncoding
-from tandem.logs import get_logger, new_request_id
+from tandem.logs import callers_request_id, get_logger, new_request_id
 from tandem.wire import openai as openai_wire
 
 log = get_logger("tandem.http")
@@ -139,17 +138,10 @@ class HttpSite(web.TCPSite):
 
 # --- requests ----------------------------------------------------------------------------------
 
-# What a caller's `x-request-id` may be (the gRPC face holds it to the same): anything else,
-# bytes that are not UTF-8 included, is replaced by a new id rather than echoed or logged.
-_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._~:/+=@-]{1,128}")
-
 
 def request_id(request: web.Request) -> str:
     """The caller's `x-request-id` when it is a valid one, else a new id."""
-    given = request.headers.get("x-request-id")
-    if given and _VALID_REQUEST_ID.fullmatch(given):
-        return given
-    return new_request_id()
+    return callers_request_id(request.headers.get("x-request-id")) or new_request_id()
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,3 +140,13 @@ def new_request_id() -> str:
     """A request id unique to this process start; `x-request-id` from the caller wins over it."""
     # Cheap: no uuid4 (an os.urandom syscall) per request.
     return f"{_ID_PREFIX}{next(_ids):010x}"
+
+
+# Ids a caller chooses travel back in headers or metadata and into every log line: short,
+# printable ASCII; anything else (bytes that are not UTF-8 included) is replaced by a new id.
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._~:/+=@-]{1,128}")
+
+
+def callers_request_id(given: object) -> str | None:
+    """`given` when it is an id a caller may choose, else None."""
+    return given if isinstance(given, str) and _VALID_REQUEST_ID.fullmatch(given) else None
