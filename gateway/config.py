@@ -107,6 +107,9 @@ class ColdStart(Section):
 
     max_pending: int = Field(256, ge=1, description="requests held at most; more get 429")
     timeout_seconds: float = Field(300.0, gt=0, description="a held request waits this long, then 503")
+    # What the pool takes to serve again from zero (a vLLM pod's scheduling, image start and
+    # model load: about a minute for Qwen3-14B); edges are told the wait it leaves.
+    expected_seconds: float = Field(60.0, ge=0, le=3600, description="expected time from zero to ready")
 
 
 class Pool(Section):
