@@ -106,12 +106,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         slow_share = (len(slow.requests) - slow_before) / max(out.sent, 1)
                         full = Outcome()
                         async with streams.session(120) as http:
-                            await streams.closed_loop(http, faces, args.concurrency, args.seconds, full)
+                            full_s = await streams.closed_loop(
+                                http, faces, args.concurrency, args.seconds, full
+                            )
                     row = rows.setdefault(f"{strategy} x{replicas}", {})
                     for key, value in (
                         ("ttft_p50_s", percentile(out.ttft_s, 50)),
                         ("ttft_p95_s", percentile(out.ttft_s, 95)),
-                        ("throughput_rps", full.answered / args.seconds),
+                        ("throughput_rps", full.answered / full_s),
                         ("failed", float(out.failed + full.failed)),
                         ("slow_share", slow_share),
                     ):

@@ -126,14 +126,16 @@ async def closed_loop(
     seconds: float,
     out: Outcome,
     body: dict[str, Any] | None = None,
-) -> None:
+) -> float:
     """`concurrency` callers, each sending its next request when the last is answered, for
-    `seconds` (the pool's throughput when it is kept full); requests still running at the end
-    finish and count."""
-    deadline = time.monotonic() + seconds
+    `seconds`; requests still running at the end finish and count. Returns the seconds from the
+    first send to the last answer: answers over that are the pool's throughput kept full."""
+    started = time.monotonic()
+    deadline = started + seconds
 
     async def caller(index: int) -> None:
         while time.monotonic() < deadline:
             await one(http, urls[index % len(urls)], body or chat(), out)
 
     await asyncio.gather(*(caller(i) for i in range(concurrency)))
+    return max(out.finished_at - started, 1e-9)

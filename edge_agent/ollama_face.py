@@ -9,6 +9,7 @@ value in a `tandem_route` field, which Ollama's clients ignore. Errors are Ollam
 
 from __future__ import annotations
 
+import functools
 import time
 
 import orjson
@@ -17,7 +18,15 @@ from aiohttp import web
 from edge_agent.service import SERVICE_KEY, EdgeService, EdgeStream
 from tandem.chat import Chunk, Usage
 from tandem.errors import TandemError
-from tandem.http_io import BODY_LIMITS, StreamFormat, json_response, read_body, request_id, write_stream
+from tandem.http_io import (
+    BODY_LIMITS,
+    StreamFormat,
+    json_response,
+    read_body,
+    request_id,
+    traced,
+    write_stream,
+)
 from tandem.logs import bind_request, get_logger
 from tandem.version import tandem_version
 from tandem.wire import ollama as wire
@@ -43,6 +52,11 @@ async def generate(request: web.Request) -> web.StreamResponse:
 
 async def _answer(request: web.Request, *, chat: bool) -> web.StreamResponse:
     service = request.app[SERVICE_KEY]
+    handle = functools.partial(_answer_traced, request, service, chat=chat)
+    return await traced(service.tracing, "edge.request", FACE, request, handle)
+
+
+async def _answer_traced(request: web.Request, service: EdgeService, *, chat: bool) -> web.StreamResponse:
     rid = request_id(request)
     bind_request(rid)
     started = time.perf_counter()

@@ -8,12 +8,13 @@ Every answer carries `x-tandem-route`; errors are OpenAI error bodies with the s
 
 from __future__ import annotations
 
+import functools
 import time
 
 import orjson
 from aiohttp import web
 
-from edge_agent.service import SERVICE_KEY
+from edge_agent.service import SERVICE_KEY, EdgeService
 from tandem.errors import TandemError
 from tandem.http_io import (
     BODY_LIMITS,
@@ -21,6 +22,7 @@ from tandem.http_io import (
     openai_stream_format,
     read_body,
     request_id,
+    traced,
     write_stream,
 )
 from tandem.logs import bind_request, get_logger
@@ -38,6 +40,11 @@ def error_response(err: TandemError, headers: dict[str, str] | None = None) -> w
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE_KEY]
+    handle = functools.partial(_chat_completions, request, service)
+    return await traced(service.tracing, "edge.request", FACE, request, handle)
+
+
+async def _chat_completions(request: web.Request, service: EdgeService) -> web.StreamResponse:
     rid = request_id(request)
     bind_request(rid)
     started = time.perf_counter()

@@ -25,6 +25,7 @@ from gateway.pool.discovery import DnsSource
 from gateway.pool.load import LeastLoadedWeights, LoadScrape
 from tandem.configfile import Section, load_config
 from tandem.errors import ConfigError
+from tandem.tracing import TracingConfig
 from tandem.transport import ClientTLS, HttpClient
 
 
@@ -266,6 +267,7 @@ class GatewayConfig(Section):
     redis: Redis = Redis()
     auth: Auth = Auth()
     fleet: Fleet = Fleet()
+    tracing: TracingConfig = TracingConfig()  # OpenTelemetry spans, exported only when configured
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     # Qwen3's recommended sampling per mode, applied when the caller sets none.
     thinking_sampling: dict[str, float] = Field(
