@@ -3,9 +3,12 @@
 Inference: `POST /api/chat`, `POST /api/generate` (NDJSON streams by default, `think`,
 `format`, tools, `options.num_predict`, `keep_alive`), with Ollama's scheduler behaviour:
 `num_parallel` requests per model, a bounded queue (503 beyond it), cold loads after
-`keep_alive` expiry. Library: `/api/tags`, `/api/ps`, `/api/show`, `/api/version`, `GET /`,
-`HEAD|POST /api/blobs/sha256:<hex>`, `/api/create`, `/api/copy`, `DELETE /api/delete`.
-Wire shapes and error texts follow Ollama's server (see /work/shared/protocols.md).
+`keep_alive` expiry; an empty chat or generate loads the model (`keep_alive` 0: unloads it).
+Embeddings: `/api/embed`, `/api/embeddings`. Ollama's OpenAI-compatible layer:
+`/v1/completions`, `/v1/embeddings` (`simulators/ollama_openai.py`). Library: `/api/tags`,
+`/api/ps`, `/api/show`, `/api/version`, `GET /`, `HEAD|POST /api/blobs/sha256:<hex>`,
+`/api/create`, `/api/copy`, `DELETE /api/delete`. Wire shapes and error texts follow Ollama's
+server (see /work/shared/protocols.md).
 """
 
 from __future__ import annotations
