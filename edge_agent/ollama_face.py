@@ -1,6 +1,8 @@
 """The edge agent's Ollama-compatible face: `POST /api/chat`, `POST /api/generate` (NDJSON
-streams by default, `think`), `GET /api/tags`, `GET /api/version` and `GET /`, over
-`EdgeService`. An Ollama client works by pointing its host at `http://127.0.0.1:11435`.
+streams by default, `think`; with no messages or prompt, a load or unload handled by
+`edge_agent.local_api`), `GET /api/tags`, `GET /api/version` and `GET`/`HEAD /`, over
+`EdgeService` (the rest of Ollama's API is in `edge_agent.local_api`). An Ollama client
+works by pointing its host at `http://127.0.0.1:11435`.
 
 Every answer carries the `x-tandem-route` header, and its final object (`done: true`) the same
 value in a `tandem_route` field, which Ollama's clients ignore. Errors are Ollama's
@@ -15,6 +17,7 @@ import time
 import orjson
 from aiohttp import web
 
+from edge_agent import local_api
 from edge_agent.service import SERVICE_KEY, EdgeService, EdgeStream
 from tandem.chat import Chunk, Usage
 from tandem.errors import TandemError
@@ -65,11 +68,16 @@ async def _answer_traced(request: web.Request, service: EdgeService, *, chat: bo
     try:
         body = await read_body(request, request.app[BODY_LIMITS])
         mode_header = request.headers.get(MODE_HEADER)
-        if chat:
-            req = wire.parse_chat(body, mode_header=mode_header)
-        else:
-            gen = wire.parse_generate(body, mode_header=mode_header)
+        call = (wire.parse_chat_call if chat else wire.parse_generate_call)(body, mode_header=mode_header)
+        if isinstance(call, wire.Residency):
+            answer = await local_api.residency(request, call, chat=chat)
+            answer.headers.update(headers)
+            return answer
+        if isinstance(call, wire.GenerateRequest):
+            gen = call
             req = gen.chat
+        else:
+            req = call
         req.request_id = rid
         enc = wire.NdjsonEncoder(req.model, chat=chat)
         if not req.stream:
