@@ -5,6 +5,7 @@ OpenTelemetry is not imported by the edge."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -40,6 +41,14 @@ class Stack:
 
     def by_name(self) -> dict[str, ReadableSpan]:
         return {s.name: s for s in self.spans.get_finished_spans()}
+
+    async def ended(self, *names: str) -> dict[str, ReadableSpan]:
+        """The finished spans once those named have ended: a server span ends after the
+        handler returns, which can be just after the caller has read the last byte."""
+        async with asyncio.timeout(10):
+            while not set(names) <= set(self.by_name()):  # noqa: ASYNC110 (the exporter has no event)
+                await asyncio.sleep(0.02)
+        return self.by_name()
 
 
 @pytest.fixture
@@ -95,11 +104,9 @@ async def _chat(port: int, messages: list[dict[str, str]], traceparent: str | No
 
 async def test_a_forwarded_request_is_one_trace_from_the_caller_to_the_engine(stack: Stack) -> None:
     await _chat(stack.edge.port, THINK)
-    spans = stack.by_name()
-
-    expected = {"edge.request", "route.decide", "uplink.call", "gateway.request", "limits.admit",
-                "pool.choose", "engine.attempt"}  # fmt: skip
-    assert expected <= set(spans)
+    expected = ("edge.request", "route.decide", "uplink.call", "gateway.request", "limits.admit",
+                "pool.choose", "engine.attempt")  # fmt: skip
+    spans = await stack.ended(*expected)
     assert {format(s.context.trace_id, "032x") for s in spans.values()} == {CALLER_TRACE}
     parent = {name: s.parent.span_id if s.parent else None for name, s in spans.items()}
     ids = {name: s.context.span_id for name, s in spans.items()}
@@ -120,7 +127,7 @@ async def test_a_forwarded_request_is_one_trace_from_the_caller_to_the_engine(st
 
 async def test_a_local_request_has_an_ollama_call_and_no_gateway_spans(stack: Stack) -> None:
     await _chat(stack.edge.port, FAST, traceparent=None)
-    names = {s.name for s in stack.spans.get_finished_spans()}
+    names = set(await stack.ended("edge.request", "ollama.call"))
     assert {"edge.request", "route.decide", "ollama.call"} <= names
     assert not names & {"uplink.call", "gateway.request", "engine.attempt"}
 
@@ -133,6 +140,7 @@ async def test_an_engine_failure_marks_the_attempt_span_failed(stack: Stack) -> 
         http.post(f"http://127.0.0.1:{stack.gateway.http_port}/v1/chat/completions", json=body) as resp,
     ):
         assert resp.status >= 500
+    await stack.ended("gateway.request")
     attempts = [s for s in stack.spans.get_finished_spans() if s.name == "engine.attempt"]
     assert attempts and all(not s.status.is_ok for s in attempts)
     request = next(s for s in stack.spans.get_finished_spans() if s.name == "gateway.request")
