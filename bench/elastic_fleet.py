@@ -144,8 +144,9 @@ async def burst(args: argparse.Namespace) -> dict[str, Any]:
         stop = asyncio.Event()
         peak = asyncio.create_task(_peak(fleet, stop))
         out = Outcome()
+        loop = asyncio.get_running_loop()
         async with streams.session() as http:
-            sent_at = time.monotonic()
+            sent_at, sent_loop = time.monotonic(), loop.time()
             await streams.burst(http, url, args.requests, args.requests, out)
         answered_at = time.monotonic()
         while fleet.status()["starting"] or fleet.status()["ready"] or fleet.status()["draining"]:
@@ -155,6 +156,8 @@ async def burst(args: argparse.Namespace) -> dict[str, Any]:
         back_to_zero_s = time.monotonic() - answered_at
         stop.set()
         status = fleet.status()
+        started = min((r.started_at for r in fleet.replicas), default=float("nan")) - sent_loop
+        ready = min((r.ready_at for r in fleet.replicas if r.ready_at), default=float("nan")) - sent_loop
     first = min(out.first_at) - sent_at if out.first_at else None
     return {
         "sent": out.sent,
@@ -164,6 +167,13 @@ async def burst(args: argparse.Namespace) -> dict[str, Any]:
         "cold_start_s": args.cold_start,
         "first_answer_s": first,
         "added_delay_s": None if first is None else first - args.cold_start,
+        # Where the added delay went: the fleet seeing the demand (its polling), the first
+        # replica's process start beyond the cold start (Python start-up on a busy machine),
+        # and the gateway from that replica's DNS record to the first token (re-resolution,
+        # dispatch, the engine's first token).
+        "first_replica_started_s": started,
+        "first_replica_ready_s": ready,
+        "ready_to_first_answer_s": None if first is None else first - ready,
         "ttft_p50_s": percentile(out.ttft_s, 50),
         "ttft_max_s": max(out.ttft_s, default=float("nan")),
         "peak_replicas": await peak,
@@ -251,7 +261,9 @@ def _summary(scenario: str, r: dict[str, Any]) -> str:
         return (
             f"burst: {r['sent']} sent, {r['answered']} answered, {r['lost']} lost; first answer "
             f"{r['first_answer_s']:.2f} s after the burst ({r['added_delay_s']:+.2f} s beyond the "
-            f"{r['cold_start_s']:.0f} s cold start); peak {r['peak_replicas']} replicas; back to zero "
+            f"{r['cold_start_s']:.0f} s cold start: replica started at {r['first_replica_started_s']:.2f} s, "
+            f"ready at {r['first_replica_ready_s']:.2f} s, first token {r['ready_to_first_answer_s']:.2f} s "
+            f"after); peak {r['peak_replicas']} replicas; back to zero "
             f"{r['back_to_zero_s']:.1f} s after the last answer"
         )
     e, f = r["elastic"], r["fixed"]

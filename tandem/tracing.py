@@ -85,8 +85,10 @@ class Span:
             self._span.set_status(Status(StatusCode.ERROR, message))
 
     def end(self) -> None:
+        """Ends the span; later calls (a stream closed twice) do nothing."""
         if self._span is not None:
             self._span.end()
+            self._span = None
 
 
 NO_SPAN = Span(None)
