@@ -83,8 +83,7 @@ async def _answer_traced(request: web.Request, service: EdgeService, *, chat: bo
         if not req.stream:
             result = await service.complete(req, generate=gen)
             headers[ROUTE_HEADER] = result.route.header()
-            service.count(FACE, result.route, "200")
-            service.metrics.duration.observe(time.perf_counter() - started)
+            service.count(FACE, result.route, "200", started)
             return json_response(enc.whole(result), headers=headers)
         stream = await service.stream(req, generate=gen)
     except TandemError as err:
@@ -96,8 +95,7 @@ async def _answer_traced(request: web.Request, service: EdgeService, *, chat: bo
     resp, status = await write_stream(
         request, stream, _format(enc, stream), headers, keepalive_s=service.config.listen.heartbeat_seconds
     )
-    service.count(FACE, stream.decision, status)
-    service.metrics.duration.observe(time.perf_counter() - started)
+    service.count(FACE, stream.decision, status, started)
     return resp
 
 

@@ -59,8 +59,7 @@ async def _chat_completions(request: web.Request, service: EdgeService) -> web.S
         if not req.stream:
             result = await service.complete(req)
             headers[wire.ROUTE_HEADER] = result.route.header()
-            service.count(FACE, result.route, "200")
-            service.metrics.duration.observe(time.perf_counter() - started)
+            service.count(FACE, result.route, "200", started)
             return json_response(wire.completion_body(result), headers=headers)
         stream = await service.stream(req)
     except TandemError as err:
@@ -73,8 +72,7 @@ async def _chat_completions(request: web.Request, service: EdgeService) -> web.S
     resp, status = await write_stream(
         request, stream, fmt, headers, keepalive_s=service.config.listen.heartbeat_seconds
     )
-    service.count(FACE, stream.decision, status)
-    service.metrics.duration.observe(time.perf_counter() - started)
+    service.count(FACE, stream.decision, status, started)
     return resp
 
 
@@ -94,8 +92,7 @@ async def text_completions(request: web.Request) -> web.StreamResponse:
         if not req.stream:
             result = await service.complete(req, generate=gen)
             headers[wire.ROUTE_HEADER] = result.route.header()
-            service.count(FACE, result.route, "200")
-            service.metrics.duration.observe(time.perf_counter() - started)
+            service.count(FACE, result.route, "200", started)
             return json_response(enc.whole(result), headers=headers)
         stream = await service.stream(req, generate=gen)
     except TandemError as err:
@@ -115,8 +112,7 @@ async def text_completions(request: web.Request) -> web.StreamResponse:
     resp, status = await write_stream(
         request, stream, fmt, headers, keepalive_s=service.config.listen.heartbeat_seconds
     )
-    service.count(FACE, stream.decision, status)
-    service.metrics.duration.observe(time.perf_counter() - started)
+    service.count(FACE, stream.decision, status, started)
     return resp
 
 

@@ -22,11 +22,13 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 from aiohttp import web
 from prometheus_client import Gauge
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from edge_agent import policy
 from edge_agent.breaker import CircuitBreaker, State
@@ -63,15 +65,22 @@ class EdgeStream:
     _rest: AsyncGenerator[list[Chunk], None]
     _done: Callable[[], None]
     _closed: bool = field(default=False)
+    usage: Usage | None = None  # the engine's, once it has come (last, with the final chunk)
 
     async def batches(self) -> AsyncGenerator[list[Chunk], None]:
         """All chunks, first batch included. Raises `UpstreamFailed` if the source breaks off."""
         try:
+            self._note_usage(self.first)
             yield self.first
             async for batch in self._rest:
+                self._note_usage(batch)
                 yield batch
         finally:
             await self.close()
+
+    def _note_usage(self, batch: list[Chunk]) -> None:
+        if batch and batch[-1].usage is not None:
+            self.usage = batch[-1].usage
 
     async def close(self) -> None:
         if not self._closed:
@@ -79,6 +88,24 @@ class EdgeStream:
             with contextlib.suppress(Exception):
                 await self._rest.aclose()
             self._done()
+
+
+class _ModelVersions(Collector):
+    """`tandem_edge_model_version{model, reference, digest} 1` for each model version that model
+    sync placed on this box: which version each edge runs, as ops ask during a rollout."""
+
+    def __init__(self, versions: Callable[[], dict[str, tuple[str, str]]]) -> None:
+        self._versions = versions
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "tandem_edge_model_version",
+            "The model version this box serves, by served name (1 per version placed)",
+            labels=["model", "reference", "digest"],
+        )
+        for model, (reference, digest) in self._versions().items():
+            family.add_metric([model, reference, digest], 1)
+        yield family
 
 
 class EdgeService:
@@ -119,6 +146,7 @@ class EdgeService:
         # Served name -> (reference, manifest digest) of versions placed by model sync; the
         # heartbeat reports them so the gateway can tell whether the edge matches its rollout.
         self.served_versions: Callable[[], dict[str, tuple[str, str]]] = dict
+        registry.register(_ModelVersions(lambda: self.served_versions()))
         self._tasks: list[asyncio.Task[None]] = []
         self._cloud_models: list[pb.ModelInfo] = []
         self._cloud_models_at = -1e9
@@ -276,18 +304,22 @@ class EdgeService:
             span.end()
             raise
         self.metrics.first_token.observe(time.perf_counter() - started)
-        return EdgeStream(
+        stream = EdgeStream(
             id=f"chatcmpl-{req.request_id}",
             model=req.model,
             created=int(time.time()),
             decision=p.decision,
             first=first,
             _rest=rest,
-            _done=functools.partial(self._finished, span),
+            _done=self._leave,
         )
+        stream._done = functools.partial(self._finished, span, stream)
+        return stream
 
-    def _finished(self, span: Span) -> None:
+    def _finished(self, span: Span, stream: EdgeStream) -> None:
         span.end()
+        if stream.usage is not None:
+            self.metrics.used(stream.decision, stream.usage)
         self._leave()
 
     async def _run_local(
@@ -357,14 +389,11 @@ class EdgeService:
             route=stream.decision,
         )
 
-    def count(self, face: str, decision: RouteDecision | None, status: str) -> None:
-        """One answered request in `tandem_edge_requests`."""
-        if decision is None:
-            self.metrics.requests.labels(face, "", "", "", status).inc()
-        else:
-            self.metrics.requests.labels(
-                face, decision.target.value, decision.mode.value, decision.reason, status
-            ).inc()
+    def count(
+        self, face: str, decision: RouteDecision | None, status: str, started: float | None = None
+    ) -> None:
+        """One answered request in `tandem_edge_requests` (and its duration, since `started`)."""
+        self.metrics.answered(face, decision, status, started)
 
     # --- in flight and draining ----------------------------------------------------------------
 

@@ -84,16 +84,19 @@ async def _chat_completions(request: web.Request, service: GatewayService) -> we
         if not req.stream:
             result = await service.complete(req, tenant)
             route_header[wire.ROUTE_HEADER] = result.route.header()
-            _count(service, result.route.header(), "200")
+            service.metrics.answered("http", result.route, "200", started, req.tenant)
             return json_response(wire.completion_body(result), headers=route_header)
         early: EarlyStream | None = None
         fmt = openai_stream_format(
             f"chatcmpl-{rid}", req.model, int(time.time()), include_usage=req.include_usage
         )
 
+        held: RouteDecision | None = None
+
         async def on_hold(decision: RouteDecision) -> None:
             # The pool is scaling up from zero: answer now and keep the connection alive.
-            nonlocal early
+            nonlocal early, held
+            held = decision
             route_header[wire.ROUTE_HEADER] = decision.header()
             early = EarlyStream(fmt, route_header, service.config.http.sse_heartbeat_seconds)
             await early.open(request)
@@ -104,12 +107,12 @@ async def _chat_completions(request: web.Request, service: GatewayService) -> we
             if early is None:
                 raise
             log.info("request_refused", status=wire.error_status(err), error=err.message)
-            _count(service, route_header[wire.ROUTE_HEADER], str(wire.error_status(err)))
+            service.metrics.answered("http", held, str(wire.error_status(err)), started, req.tenant)
             return await early.fail(err)
     except TandemError as err:
         status = wire.error_status(err)
         log.info("request_refused", status=status, error=err.message)
-        service.metrics.requests.labels("http", "", "", "", str(status)).inc()
+        service.metrics.answered("http", None, str(status), tenant=req.tenant if req else None)
         return error_response(err, route_header)
     route_header[wire.ROUTE_HEADER] = stream.decision.header()
     return await _relay_stream(request, service, req, stream, fmt, route_header, started, early)
@@ -128,14 +131,8 @@ async def _relay_stream(
     resp, status = await write_stream(
         request, stream, fmt, headers, keepalive_s=service.config.http.sse_heartbeat_seconds, early=early
     )
-    _count(service, stream.decision.header(), status)
-    service.metrics.duration.observe(time.perf_counter() - started)
+    service.metrics.answered("http", stream.decision, status, started, req.tenant)
     return resp
-
-
-def _count(service: GatewayService, route: str, status: str) -> None:
-    parts = dict(p.split("=", 1) for p in route.split("; "))
-    service.metrics.requests.labels("http", parts["target"], parts["mode"], parts["reason"], status).inc()
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -71,11 +71,13 @@ class Admission:
 
     def take_upstream(self, upstream: Upstream) -> None:
         self.service._upstream_load[upstream.id] = self.service._upstream_load.get(upstream.id, 0) + 1
+        self.service.metrics.upstream_in_flight.labels(upstream.label).inc()
         self.upstream = upstream
 
     def drop_upstream(self) -> None:
         if self.upstream is not None:
             self.service._upstream_load[self.upstream.id] -= 1
+            self.service.metrics.upstream_in_flight.labels(self.upstream.label).dec()
             self.upstream = None
 
     def enter(self, pool: str) -> None:
@@ -109,6 +111,8 @@ class ActiveStream:
     _admission: Admission
     _service: GatewayService
     _span: Span = NO_SPAN  # the engine attempt that answers: it ends with the stream
+    tenant: str | None = None
+    usage: Usage | None = None  # the engine's, once its usage chunk has arrived
     _started: float = field(default_factory=time.perf_counter)
 
     async def batches(self) -> AsyncGenerator[list[Chunk], None]:
@@ -132,11 +136,14 @@ class ActiveStream:
         usage = batch[-1].usage if batch else None  # usage comes last, after the final answer chunk
         if usage is not None:
             self._admission.used_tokens = usage.total_tokens
+            self.usage = usage
 
     async def close(self) -> None:
         # Closing the generator releases the upstream connection when the caller went away.
         with contextlib.suppress(Exception):
             await self._rest.aclose()
+        if not self._admission.released and self.usage is not None:
+            self._service.metrics.used(self.decision, self.usage, self.tenant)
         self._admission.release()
         self._span.end()
 
@@ -481,6 +488,7 @@ class GatewayService:
                     _admission=admission,
                     _service=self,
                     _span=span,
+                    tenant=req.tenant,
                 )
         return None
 

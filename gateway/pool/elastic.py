@@ -91,8 +91,13 @@ class ElasticPools:
             "tandem_pool_endpoints", "Endpoints a pool has now (discovered or configured)", ["pool"],
             registry=metrics.registry,
         )  # fmt: skip
+        in_flight = Gauge(
+            "tandem_pool_in_flight", "Requests a pool's endpoints are answering now", ["pool"],
+            registry=metrics.registry,
+        )  # fmt: skip
         for pool in self.config.pools:
             demand.labels(pool.name).set_function(functools.partial(self.demand, pool.name))
+            in_flight.labels(pool.name).set_function(functools.partial(self._on_endpoints, pool.name))
             held.labels(pool.name).set_function(functools.partial(self._held.__getitem__, pool.name))
             endpoints.labels(pool.name).set_function(
                 functools.partial(lambda name: len(self._balancer.upstreams(name)), pool.name)
@@ -169,6 +174,9 @@ class ElasticPools:
             watch.refresh_soon()
 
     # --- demand and holding ------------------------------------------------------------------
+
+    def _on_endpoints(self, pool: str) -> int:
+        return self._in_flight.get(pool, 0) - self._held.get(pool, 0)
 
     def demand(self, pool: str) -> int:
         """Requests `pool` has: those on an endpoint and those held for one (a held request has
