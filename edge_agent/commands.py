@@ -10,6 +10,7 @@ import click
 
 from edge_agent import config as edge_config
 from tandem import logs
+from tandem.command_errors import BadConfiguration, CommandFailed
 from tandem.errors import ConfigError
 from tandem.eventloop import run_loop
 
@@ -33,12 +34,11 @@ def serve(config_path: Path | None) -> None:
     try:
         cfg = edge_config.load(config_path)
     except ConfigError as exc:
-        click.echo(f"tandem edge: {exc}", err=True)
-        sys.exit(2)
+        raise BadConfiguration(str(exc)) from None
     from edge_agent.server import serve as run
 
     try:
-        sys.exit(run_loop(run(cfg, started_at=started)))
+        code = run_loop(run(cfg, started_at=started))
     except OSError as exc:  # the port is taken, most often
-        click.echo(f"tandem edge: cannot listen on {cfg.listen.host}:{cfg.listen.port}: {exc}", err=True)
-        sys.exit(1)
+        raise CommandFailed(f"cannot listen on {cfg.listen.host}:{cfg.listen.port}: {exc}") from None
+    sys.exit(code)

@@ -118,6 +118,21 @@ class Uplink(Section):
     # Cloud models listed on /v1/models and /api/tags are re-read at most this often.
     models_cache_seconds: float = Field(30.0, ge=0)
 
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        """`host:port` (`[v6]:port`), or a gRPC target (`dns:///host:port`, `unix:/path`)."""
+        if v.startswith(("dns:", "unix:", "ipv4:", "ipv6:")):
+            return v
+        if "://" in v:
+            raise ValueError(
+                "give host:port, without a scheme (the uplink speaks gRPC; TLS is set by uplink.tls)"
+            )
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or host == "[]" or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError("must be host:port with a port from 1 to 65535")
+        return v
+
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
