@@ -104,7 +104,10 @@ class Uplink(Section):
 
     address: str = Field("127.0.0.1:50051", min_length=3, description="host:port of the gateway's gRPC")
     tls: UplinkTLS | None = None
-    api_key_env: str | None = Field(None, description="environment variable holding the edge's API key")
+    # The docs and the systemd unit name this variable; null: send no key.
+    api_key_env: str | None = Field(
+        "TANDEM_EDGE_API_KEY", description="environment variable holding the edge's API key"
+    )
     first_chunk_timeout_seconds: float = Field(120.0, gt=0)
     # Deadline of a whole forwarded request: thinking answers can be long.
     timeout_seconds: float = Field(900.0, gt=0)

@@ -15,6 +15,8 @@
 #   --group NAME               the fleet group rollouts target (default: default)
 #   --ca-file FILE             CA of the gateway's certificate (default: the system's CAs)
 #   --cert-file F --key-file F this box's client certificate and key, for mTLS
+#   --server-name NAME         the name the gateway's certificate must carry, when it is not
+#                              the --gateway host (an address, a tunnel)
 #   --plaintext                no TLS to the gateway (a lab; never across a WAN)
 #   --model NAME               the Ollama model kept loaded (default: qwen3:14b)
 #   --num-ctx N --num-parallel N   context per slot and slots (default: 16384, 4)
@@ -28,7 +30,7 @@ set -euo pipefail
 
 src="$(cd "$(dirname "$0")/../.." && pwd)"
 gateway="" key_file="" edge_id="$(hostname)" group="default" ca_file="" cert_file="" tls_key_file=""
-plaintext=0 model="qwen3:14b" num_ctx=16384 num_parallel=4 registry_user="" registry_password_file=""
+server_name="" plaintext=0 model="qwen3:14b" num_ctx=16384 num_parallel=4 registry_user="" registry_password_file=""
 prefix="/opt/tandem" install=1 root="" systemd=1
 ollama_host="127.0.0.1:11434" keep_alive="30m"
 
@@ -42,6 +44,7 @@ while [ $# -gt 0 ]; do
     --ca-file) ca_file="$2"; shift 2 ;;
     --cert-file) cert_file="$2"; shift 2 ;;
     --key-file) tls_key_file="$2"; shift 2 ;;
+    --server-name) server_name="$2"; shift 2 ;;
     --plaintext) plaintext=1; shift ;;
     --model) model="$2"; shift 2 ;;
     --num-ctx) num_ctx="$2"; shift 2 ;;
@@ -53,7 +56,7 @@ while [ $# -gt 0 ]; do
     --no-install) install=0; shift ;;
     --root) root="$2"; systemd=0; shift 2 ;;
     --no-systemd) systemd=0; shift ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (--help lists them)" ;;
   esac
 done
@@ -68,8 +71,8 @@ fi
 if [ -n "$cert_file$tls_key_file" ] && { [ -z "$cert_file" ] || [ -z "$tls_key_file" ]; }; then
   die "--cert-file and --key-file go together (mTLS)"
 fi
-if [ "$plaintext" = 1 ] && [ -n "$ca_file$cert_file" ]; then
-  die "--plaintext cannot go with --ca-file/--cert-file"
+if [ "$plaintext" = 1 ] && [ -n "$ca_file$cert_file$server_name" ]; then
+  die "--plaintext cannot go with --ca-file/--cert-file/--server-name"
 fi
 if [ -z "$root" ] && [ "$(id -u)" != 0 ]; then
   die "run as root (it writes /etc/tandem and systemd units), or pass --root DIR"
@@ -121,6 +124,9 @@ if [ "$plaintext" = 0 ]; then
     install -m 0640 "$tls_key_file" "$etc/tls/edge.key"
     owner root:tandem "$etc/tls/edge.key"
     fields="${fields:+$fields, }cert_file: /etc/tandem/tls/edge.crt, key_file: /etc/tandem/tls/edge.key"
+  fi
+  if [ -n "$server_name" ]; then
+    fields="${fields:+$fields, }server_name: $server_name"
   fi
   tls_yaml="$tls_yaml {$fields}"
 fi
