@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,7 +42,8 @@ def serve(config_path: Path | None) -> None:
     try:
         code = run_loop(run(cfg, started_at=started))
     except OSError as exc:  # the port is taken, most often
-        raise CommandFailed(f"cannot listen on {cfg.listen.host}:{cfg.listen.port}: {exc}") from None
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        raise CommandFailed(f"cannot listen on {cfg.listen.host}:{cfg.listen.port}: {reason}") from None
     sys.exit(code)
 
 

@@ -148,7 +148,14 @@ class EdgeServer:
         self._runner = app_runner(self._app, timeouts, shutdown_timeout=cfg.shutdown_grace_seconds)
         await self._runner.setup()
         self._site = HttpSite(self._runner, cfg.listen.host, cfg.listen.port, timeouts)
-        await self._site.start()
+        try:
+            await self._site.start()
+        except OSError:
+            # Nothing was served: close what started (sessions, tasks) so that the process
+            # ends with the one line its command prints, not asyncio's complaints.
+            self._site = None
+            await self.stop()
+            raise
         self.port = self._site.bound_port
         self.service.startup_seconds = round(vitals.process_age_seconds(self._started_at), 3)
         self.ready.set()
