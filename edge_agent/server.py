@@ -20,6 +20,7 @@ import orjson
 from aiohttp import web
 
 from edge_agent import ollama_face, openai_face, vitals
+from edge_agent.breaker import State
 from edge_agent.config import EdgeConfig
 from edge_agent.service import SERVICE_KEY, EdgeService
 from tandem.errors import BadRequest, TandemError
@@ -40,6 +41,17 @@ READY_KEY = web.AppKey("ready", asyncio.Event)
 
 async def healthz(request: web.Request) -> web.Response:
     return json_response(b'{"status":"ok"}')
+
+
+def down_parts(service: EdgeService) -> dict[str, str]:
+    """The parts the agent cannot use now, each with why: `ollama` (it serves from the gateway
+    then), `gateway` (the uplink's breaker is not closed: it serves locally then)."""
+    down = {}
+    if not service.local.available:
+        down["ollama"] = f"{service.local.config.url}: {service.local.down_reason}"
+    if service.breaker.state is not State.CLOSED:
+        down["gateway"] = f"{service.config.uplink.address}: {service.breaker.last_error}"
+    return down
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -63,6 +75,7 @@ async def readyz(request: web.Request) -> web.Response:
             "saturated": local.saturated,
         },
         "uplink": {"address": service.config.uplink.address, "breaker": service.breaker.state.value},
+        "down": down_parts(service),
     }
     return json_response(orjson.dumps(body), 200 if ready else 503)
 

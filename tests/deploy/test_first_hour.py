@@ -8,12 +8,14 @@ import os
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
-from tests.deploy.conftest import free_port
+from tests.deploy.conftest import Process, free_port
 
 TANDEM = str(Path(sys.executable).with_name("tandem"))  # the console script of this environment
 
@@ -102,3 +104,32 @@ def test_commands_fail_in_the_same_style() -> None:
     bad_reference = run("model", "inspect", "not a reference")
     assert bad_reference.returncode != 0
     assert bad_reference.stderr.startswith("Error: ")
+
+
+def test_the_edge_warns_at_start_and_readyz_names_what_is_down(
+    tmp_path: Path, processes: list[Process]
+) -> None:
+    """Started with neither Ollama nor the gateway reachable: it says so in its log, and
+    /readyz lists both parts with why (it still serves: each is the other's fallback)."""
+    port, ollama, gateway = free_port(), free_port(), free_port()
+    edge = Process.start(
+        [TANDEM, "edge", "serve"],
+        tmp_path / "edge.log",
+        {
+            "PATH": "/usr/bin:/bin",
+            "TANDEM_LOG_FORMAT": "json",
+            "TANDEM_LISTEN__PORT": str(port),
+            "TANDEM_OLLAMA__URL": f"http://127.0.0.1:{ollama}",
+            "TANDEM_UPLINK__ADDRESS": f"127.0.0.1:{gateway}",
+        },
+        tmp_path,
+    )
+    processes.append(edge)
+    warned = edge.wait_for(r'\{[^\n]*"local_engine_down"[^\n]*\}')
+    assert f"127.0.0.1:{ollama}" in warned.group(0) and '"level": "warning"' in warned.group(0)
+    edge.wait_for(r'"uplink_breaker"[^\n]*"state": "open"|"state": "open"[^\n]*"uplink_breaker"')
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
+        body = orjson.loads(resp.read())
+    assert set(body["down"]) == {"ollama", "gateway"}
+    assert body["down"]["ollama"].startswith(f"http://127.0.0.1:{ollama}: ")
+    assert body["down"]["gateway"].startswith(f"127.0.0.1:{gateway}: ")
