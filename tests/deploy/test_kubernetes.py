@@ -221,12 +221,19 @@ def test_ingresses_route_to_service_ports_with_tls_for_their_hosts(
                 backend = path["backend"]["service"]
                 svc = install.get("Service", backend["name"])
                 assert backend["port"]["name"] in {p["name"] for p in svc["spec"]["ports"]}
-                routed[backend["name"]] = (backend["port"]["name"], ing["metadata"]["annotations"])
-    # gRPC to the gateway (over TLS to the pod, which serves TLS itself), HTTPS to the registry
-    assert routed[GATEWAY][0] == "grpc"
-    assert routed[GATEWAY][1]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPCS"
-    assert routed["tandem-registry"][1]["nginx.ingress.kubernetes.io/backend-protocol"] == "HTTPS"
-    assert routed["tandem-registry"][1]["nginx.ingress.kubernetes.io/proxy-body-size"] == "0"
+                annotations = ing["metadata"]["annotations"]
+                routed[(backend["name"], backend["port"]["name"])] = (path["path"], annotations)
+    protocol = "nginx.ingress.kubernetes.io/backend-protocol"
+    # gRPC to the gateway (over TLS to the pod, which serves TLS itself); its OpenAI API under
+    # /v1 only (not /metrics); HTTPS to the registry, with no limit on a layer's size.
+    assert set(routed) == {(GATEWAY, "grpc"), (GATEWAY, "http"), ("tandem-registry", "https")}
+    assert routed[(GATEWAY, "grpc")][1][protocol] == "GRPCS"
+    assert routed[(GATEWAY, "http")][0] == "/v1" and routed[(GATEWAY, "http")][1][protocol] == "HTTP"
+    cfg = gateway_config(install)
+    body_limit = routed[(GATEWAY, "http")][1]["nginx.ingress.kubernetes.io/proxy-body-size"]
+    assert int(body_limit.removesuffix("m")) * 1024 * 1024 == cfg.http.max_body_bytes
+    assert routed[("tandem-registry", "https")][1][protocol] == "HTTPS"
+    assert routed[("tandem-registry", "https")][1]["nginx.ingress.kubernetes.io/proxy-body-size"] == "0"
 
 
 def test_only_the_gateway_reaches_vllm_and_redis(install: Install) -> None:
