@@ -59,7 +59,7 @@ def offline_key(tandem: Path, edge: str) -> dict[str, str]:
 
 
 def start_center(
-    installed: Path, tmp: Path, processes: list[Process], secrets: Path | None
+    installed: Path, tmp: Path, processes: list[Process], secrets: Path | None, *, mtls: bool = False
 ) -> tuple[str, dict[str, str]]:
     """A gateway from the install, knowing the edge keys of two boxes (no Redis: auth.tenants)."""
     tandem = installed / "bin" / "tandem"
@@ -68,6 +68,8 @@ def start_center(
     grpc: dict[str, object] = {"host": "127.0.0.1", "port": grpc_port}
     if secrets is not None:
         grpc["tls"] = {"cert_file": str(secrets / "gateway.crt"), "key_file": str(secrets / "gateway.key")}
+        if mtls:  # edges must present a certificate signed by the center's CA
+            grpc["tls"]["client_ca_file"] = str(secrets / "ca.crt")  # type: ignore[index]
     config = {
         "grpc": grpc,
         "http": {"host": "127.0.0.1", "port": free_port()},
@@ -221,3 +223,40 @@ def test_the_edge_checks_the_gateways_certificate_with_the_ca_it_was_given(
     untrusted = run_install(installed, tmp_path / "other", keys[EDGE], *common)
     assert untrusted.returncode == 1
     assert doctor_lines(untrusted.stdout)["gateway"][0] == "FAIL"
+
+
+def client_certificate(secrets: Path, tmp: Path, name: str) -> tuple[Path, Path]:
+    """A client certificate for an edge, signed by the CA make-secrets.sh made."""
+    key, csr, cert, ext = (tmp / f"{name}.{s}" for s in ("key", "csr", "crt", "ext"))
+    ext.write_text("extendedKeyUsage=clientAuth\n")
+    subprocess.run(
+        ["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(csr)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    subprocess.run(
+        ["openssl", "x509", "-req", "-in", str(csr), "-CA", str(secrets / "ca.crt"), "-CAkey",
+         str(secrets / "ca.key"), "-CAcreateserial", "-days", "1", "-extfile", str(ext), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_with_mtls_the_box_is_enrolled_with_its_certificate(
+    installed: Path, ollama: str, cluster_secrets: Path, tmp_path: Path, processes: list[Process]
+) -> None:
+    address, keys = start_center(installed, tmp_path, processes, secrets=cluster_secrets, mtls=True)
+    common = ("--gateway", address, "--ollama-host", ollama, "--server-name", CERT_HOST,
+              "--ca-file", str(cluster_secrets / "ca.crt"))  # fmt: skip
+    without = run_install(installed, tmp_path / "without", keys[EDGE], *common)
+    assert without.returncode == 1
+    assert doctor_lines(without.stdout)["gateway"][0] == "FAIL"
+    cert, key = client_certificate(cluster_secrets, tmp_path, EDGE)
+    root = tmp_path / "root"
+    done = run_install(installed, root, keys[EDGE], *common, "--cert-file", str(cert), "--key-file", str(key))
+    assert done.returncode == 0, done.stdout + done.stderr
+    outcome, detail = doctor_lines(done.stdout)["gateway"]
+    assert outcome == "ok" and "(mTLS)" in detail
+    tls = root / "etc" / "tandem" / "tls"
+    assert (tls / "edge.crt").read_bytes() == cert.read_bytes()
+    assert stat.S_IMODE((tls / "edge.key").stat().st_mode) == 0o640  # root and the tandem group
