@@ -24,7 +24,15 @@ from edge_agent.breaker import State
 from edge_agent.config import EdgeConfig
 from edge_agent.service import SERVICE_KEY, EdgeService
 from tandem.errors import BadRequest, TandemError
-from tandem.http_io import BODY_LIMITS, BodyLimits, ConnectionTimeouts, HttpSite, app_runner, json_response
+from tandem.http_io import (
+    BODY_LIMITS,
+    BodyLimits,
+    ConnectionTimeouts,
+    HttpSite,
+    app_runner,
+    check_port_free,
+    json_response,
+)
 from tandem.logs import get_logger
 from tandem.metrics import CONTENT_TYPE
 from tandem.v1 import gateway_pb2 as pb
@@ -153,6 +161,7 @@ class EdgeServer:
 
     async def start(self) -> None:
         cfg = self.config
+        check_port_free(cfg.listen.host, cfg.listen.port)  # before anything starts (and logs)
         await self.service.start()
         await self._start_model_sync()
         timeouts = ConnectionTimeouts(

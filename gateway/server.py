@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import gc
 import os
 import signal
-import socket
 import time
 
 from aiohttp import web
@@ -25,7 +23,7 @@ from gateway.grpc_face import bind, build_server
 from gateway.http_face import build_app
 from gateway.pool import Balancer
 from gateway.service import GatewayService
-from tandem.http_io import ConnectionTimeouts, HttpSite, app_runner
+from tandem.http_io import ConnectionTimeouts, HttpSite, app_runner, check_port_free
 from tandem.logs import get_logger
 
 log = get_logger("tandem.gateway")
@@ -60,14 +58,16 @@ class GatewayServer:
 
     async def start(self) -> None:
         cfg = self.config
+        for face, host, port in (
+            ("gRPC", cfg.grpc.host, cfg.grpc.port),
+            ("HTTP", cfg.http.host, cfg.http.port),
+        ):
+            try:
+                check_port_free(host, port)
+            except OSError as exc:
+                raise CannotListen(f"cannot listen on {host}:{port} ({face}): {_reason(exc)}") from None
         await self.service.start()
         self._grpc, self._health = build_server(self.service, self.fleet)
-        try:
-            _check_free(cfg.grpc.host, cfg.grpc.port)
-        except OSError as exc:
-            await self.service.close()
-            where = f"{cfg.grpc.host}:{cfg.grpc.port}"
-            raise CannotListen(f"cannot listen on {where} (gRPC): {_reason(exc)}") from None
         try:
             self.grpc_port = bind(self._grpc, cfg.grpc.host, cfg.grpc.port, cfg.grpc.tls)
         except RuntimeError:  # grpc says only "Failed to bind"; the cause is nearly always this
@@ -110,24 +110,6 @@ class GatewayServer:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.service.close()
-
-
-def _check_free(host: str, port: int) -> None:
-    """Raises OSError when (host, port) cannot be bound. gRPC's own bind failure is a bare
-    "Failed to bind" after a line of its C++ logging; this asks first, as the HTTP bind does.
-    (gRPC binds with SO_REUSEPORT: without this check a second gateway on the same port would
-    start and split the traffic with the first.)"""
-    if port == 0:
-        return
-    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no obstacle
-            try:
-                probe.bind(address)
-            except OSError as exc:
-                # Taken or forbidden; anything else (a family this host lacks) is gRPC's to judge.
-                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                    raise
 
 
 def _reason(exc: OSError) -> str:
