@@ -78,6 +78,16 @@ def test_the_simulators_say_in_one_line_that_their_port_is_taken(taken: int, eng
     assert one_error_line(done).startswith(f"Error: cannot listen on 127.0.0.1:{taken}")
 
 
+def test_tandem_up_says_in_one_line_which_part_could_not_listen(taken: int) -> None:
+    ports = ("--edge-port", str(free_port()), "--grpc-port", str(free_port()))
+    done = run("up", *ports, "--http-port", str(taken), timeout=120)
+    assert done.returncode == 1
+    assert (
+        one_error_line(done)
+        == f"Error: gateway: cannot listen on 127.0.0.1:{taken} (HTTP): address already in use"
+    )
+
+
 def test_a_typo_in_a_variable_is_blamed_on_the_variable(tmp_path: Path) -> None:
     done = run(
         "gateway", "serve", "--config", gateway_file(tmp_path, free_port(), free_port()),
