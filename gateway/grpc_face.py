@@ -53,6 +53,20 @@ class GatewayServicer(pb_grpc.GatewayServicer):
     async def Chat(
         self, request: pb.ChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ChatChunk]:
+        tracing = self.service.tracing
+        if not tracing.enabled:
+            async for chunk in self._chat(request):
+                yield chunk
+            return
+        carrier = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        with tracing.span("gateway.request", kind="server", carrier=carrier) as span:
+            span.set("tandem.face", "grpc")
+            async for chunk in self._chat(request):
+                yield chunk
+            if (call := current_call()).decision is not None:
+                span.set("tandem.route", call.decision.header())
+
+    async def _chat(self, request: pb.ChatRequest) -> AsyncIterator[pb.ChatChunk]:
         call = current_call()
         req = wire.request_from_pb(request)
         req.request_id = call.request_id
