@@ -303,6 +303,7 @@ def test_the_pool_follows_the_headless_vllm_service(install: Install) -> None:
     assert env_from(vllm)["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"] == gateway_key
     # A cold pool holds requests at least as long as vLLM may take to start.
     startup = vllm["startupProbe"]
+    assert pool.cold_start.expected_seconds < pool.cold_start.timeout_seconds
     assert pool.cold_start.timeout_seconds >= 300
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
 
