@@ -7,6 +7,10 @@
 #   deploy/install.sh /opt/tandem            # then /opt/tandem/bin/tandem
 #   deploy/install.sh --python python3.12 /opt/tandem
 #
+# The interpreter: --python (a path, a name or a version range), by default any Python the
+# project supports (>=3.11,<3.14) that uv finds; where there is none (Ubuntu 22.04 ships 3.10)
+# uv fetches a standalone build, if it may reach the internet.
+#
 # The Containerfile runs this in its build stage; tests/deploy/test_install.py runs it into a
 # temporary directory and starts `tandem gateway serve` from there; deploy/edge/install.sh runs
 # it on a factory box. It needs uv (found on PATH or in .tools/, or installed into .tools/ from
@@ -14,12 +18,12 @@
 # nothing it installs fetches anything at run time.
 set -euo pipefail
 
-python="python3"
+python=">=3.11,<3.14"  # pyproject.toml's requires-python
 target=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --python) python="$2"; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     -*) echo "install.sh: unknown option $1" >&2; exit 2 ;;
     *) target="$1"; shift ;;
   esac
@@ -36,7 +40,7 @@ target="$(cd "$target" && pwd)"
 if ! command -v uv >/dev/null 2>&1; then
   if [ ! -x "$src/.tools/bin/uv" ]; then
     # A private venv for uv itself: works where the system pip is "externally managed" (PEP 668).
-    "$python" -m venv "$src/.tools"
+    python3 -m venv "$src/.tools"
     "$src/.tools/bin/pip" install --quiet --disable-pip-version-check uv
   fi
   export PATH="$src/.tools/bin:$PATH"

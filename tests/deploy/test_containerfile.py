@@ -37,7 +37,8 @@ def test_the_build_stage_runs_the_install_script_with_everything_it_reads() -> N
     packages = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
     # the wheel's packages, the lock, what the build backend reads (readme), and the script
     assert {*packages, "pyproject.toml", "uv.lock", "README.md", "deploy/install.sh"} <= copied
-    assert ("RUN", "bash deploy/install.sh /opt/tandem") in build
+    # with the base image's interpreter, which the final stage has at the same path
+    assert ("RUN", "bash deploy/install.sh --python /usr/local/bin/python3 /opt/tandem") in build
 
 
 def test_the_final_stage_is_the_install_a_user_and_the_entrypoint() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -101,3 +102,10 @@ def test_the_installed_cli_reports_its_version_without_the_checkout(installed: P
     )
     assert done.returncode == 0
     assert re.fullmatch(r"tandem, version \d+\.\d+\.\d+\S*\n", done.stdout)
+
+
+def test_the_install_asks_for_the_pythons_the_project_supports() -> None:
+    script = (ROOT / "deploy" / "install.sh").read_text()
+    (default,) = re.findall(r'^python="([^"]+)"', script, re.M)
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert default == pyproject["project"]["requires-python"]
