@@ -21,6 +21,8 @@
 #   --model NAME               the Ollama model kept loaded (default: qwen3:14b)
 #   --num-ctx N --num-parallel N   context per slot and slots (default: 16384, 4)
 #   --registry-user U --registry-password-file F   credentials for model sync's pulls
+#   --pull                     `ollama pull` the model when Ollama lacks it (from ollama.com;
+#                              with model sync, versions come from your registry instead)
 #   --prefix DIR               where Tandem goes (default: /opt/tandem)
 #   --no-install               use the Tandem already at --prefix
 #   --root DIR                 write every file under DIR instead of / (and imply --no-systemd)
@@ -31,7 +33,7 @@ set -euo pipefail
 src="$(cd "$(dirname "$0")/../.." && pwd)"
 gateway="" key_file="" edge_id="$(hostname)" group="default" ca_file="" cert_file="" tls_key_file=""
 server_name="" plaintext=0 model="qwen3:14b" num_ctx=16384 num_parallel=4 registry_user="" registry_password_file=""
-prefix="/opt/tandem" install=1 root="" systemd=1
+prefix="/opt/tandem" install=1 root="" systemd=1 pull=0
 ollama_host="127.0.0.1:11434" keep_alive="30m"
 
 die() { echo "install.sh: $*" >&2; exit 2; }
@@ -54,9 +56,10 @@ while [ $# -gt 0 ]; do
     --registry-password-file) registry_password_file="$2"; shift 2 ;;
     --prefix) prefix="$2"; shift 2 ;;
     --no-install) install=0; shift ;;
+    --pull) pull=1; shift ;;
     --root) root="$2"; systemd=0; shift 2 ;;
     --no-systemd) systemd=0; shift ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (--help lists them)" ;;
   esac
 done
@@ -76,6 +79,10 @@ if [ "$plaintext" = 1 ] && [ -n "$ca_file$cert_file$server_name" ]; then
 fi
 if [ -z "$root" ] && [ "$(id -u)" != 0 ]; then
   die "run as root (it writes /etc/tandem and systemd units), or pass --root DIR"
+fi
+
+if [ "$systemd" = 1 ] && ! systemctl cat ollama.service >/dev/null 2>&1; then
+  die "no ollama.service: install Ollama first (its Linux install script sets up the service)"
 fi
 
 etc="$root/etc/tandem"
@@ -169,6 +176,9 @@ if [ "$systemd" = 1 ]; then
   systemctl restart ollama
   systemctl enable --now tandem-edge
   systemctl restart tandem-edge  # a re-run picks up the new config and key
+  if [ "$pull" = 1 ] && ! OLLAMA_HOST="$ollama_host" ollama show "$model" >/dev/null 2>&1; then
+    OLLAMA_HOST="$ollama_host" ollama pull "$model"
+  fi
 fi
 
 # 6. Check: Ollama, the model, the gateway with this key, the clock, the disk.

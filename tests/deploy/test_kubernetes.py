@@ -417,3 +417,28 @@ def test_every_image_is_pinned(install: Install) -> None:
         for c in containers(workload):
             name, _, tag = c["image"].rpartition(":")
             assert name and tag and tag != "latest" and "/" not in tag, c["image"]
+
+
+def test_make_secrets_keeps_what_exists_and_remakes_what_was_deleted(tmp_path: Path) -> None:
+    """Rotation as docs/deploy.md tells it: delete one file, run the script again; only that
+    secret changes (and a certificate made again still chains to the same CA)."""
+    script = ["bash", str(KUBERNETES / "make-secrets.sh"), "--out", str(tmp_path)]
+    subprocess.run(script, check=True, capture_output=True)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    again = subprocess.run(script, check=True, capture_output=True, text=True)
+    assert again.stdout == ""  # nothing written
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    (tmp_path / "vllm-api-key").unlink()
+    (tmp_path / "gateway.crt").unlink()
+    rotated = subprocess.run(script, check=True, capture_output=True, text=True)
+    assert sorted(line.split()[1] for line in rotated.stdout.splitlines()) == [
+        str(tmp_path / "gateway.crt"), str(tmp_path / "vllm-api-key"),
+    ]  # fmt: skip
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    changed = {name for name in before if after[name] != before[name]}
+    assert changed == {"vllm-api-key", "gateway.crt", "gateway.key", "ca.srl"}
+    verify = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(tmp_path / "ca.crt"), str(tmp_path / "gateway.crt")],
+        capture_output=True,
+    )
+    assert verify.returncode == 0
