@@ -59,7 +59,7 @@ while [ $# -gt 0 ]; do
     --pull) pull=1; shift ;;
     --root) root="$2"; systemd=0; shift 2 ;;
     --no-systemd) systemd=0; shift ;;
-    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     *) die "unknown argument $1 (--help lists them)" ;;
   esac
 done

@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
     --ca-cert) ca_cert="$2"; shift 2 ;;
     --ca-key) ca_key="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     *) echo "make-secrets.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done

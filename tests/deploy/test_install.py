@@ -109,3 +109,14 @@ def test_the_install_asks_for_the_pythons_the_project_supports() -> None:
     (default,) = re.findall(r'^python="([^"]+)"', script, re.M)
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert default == pyproject["project"]["requires-python"]
+
+
+@pytest.mark.parametrize(
+    "script", ["deploy/install.sh", "deploy/edge/install.sh", "deploy/kubernetes/make-secrets.sh"]
+)
+def test_each_script_explains_itself_and_refuses_what_it_does_not_know(script: str) -> None:
+    helped = subprocess.run(["bash", str(ROOT / script), "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0
+    assert script in helped.stdout and "set -e" not in helped.stdout  # the header, nothing after
+    refused = subprocess.run(["bash", str(ROOT / script), "--no-such-option"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "--no-such-option" in refused.stderr
