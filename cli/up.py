@@ -111,6 +111,9 @@ def _uplink_closed(readyz: dict[str, Any]) -> bool:
 def _check_alive(part: Part) -> None:
     if part.proc is not None and part.proc.returncode is not None:
         tail = b"".join(part.log[-15:]).decode(errors="replace")
+        last = tail.strip().splitlines()[-1:] or [""]
+        if last[0].startswith("Error: "):  # the part said what went wrong, in one line
+            raise click.ClickException(f"{part.name}: {last[0].removeprefix('Error: ')}")
         raise click.ClickException(f"{part.name} exited with {part.proc.returncode}:\n{tail}")
 
 

@@ -105,7 +105,10 @@ class Uplink(Section):
 
     address: str = Field("127.0.0.1:50051", min_length=3, description="host:port of the gateway's gRPC")
     tls: UplinkTLS | None = None
-    api_key_env: str | None = Field(None, description="environment variable holding the edge's API key")
+    # The docs and the systemd unit name this variable; null: send no key.
+    api_key_env: str | None = Field(
+        "TANDEM_EDGE_API_KEY", description="environment variable holding the edge's API key"
+    )
     first_chunk_timeout_seconds: float = Field(120.0, gt=0)
     # Deadline of a whole forwarded request: thinking answers can be long.
     timeout_seconds: float = Field(900.0, gt=0)
@@ -118,6 +121,21 @@ class Uplink(Section):
     )
     # Cloud models listed on /v1/models and /api/tags are re-read at most this often.
     models_cache_seconds: float = Field(30.0, ge=0)
+
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        """`host:port` (`[v6]:port`), or a gRPC target (`dns:///host:port`, `unix:/path`)."""
+        if v.startswith(("dns:", "unix:", "ipv4:", "ipv6:")):
+            return v
+        if "://" in v:
+            raise ValueError(
+                "give host:port, without a scheme (the uplink speaks gRPC; TLS is set by uplink.tls)"
+            )
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or host == "[]" or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError("must be host:port with a port from 1 to 65535")
+        return v
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None

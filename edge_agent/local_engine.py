@@ -107,6 +107,7 @@ class LocalEngine:
         self.contexts: dict[str, int] = {}  # every name the box serves (aliases too) -> context
         self.thinkers: set[str] = set()  # the names among them whose model can think
         self.available = False
+        self.down_reason = "not asked yet"  # why it is unavailable, for logs and /readyz
         self.warm = False
         self.version = ""
         self.in_flight = 0
@@ -120,7 +121,9 @@ class LocalEngine:
     async def start(self) -> None:
         """Opens the HTTP session, reads the models once, and starts the refresh loop."""
         self._started = True
-        await self.refresh()
+        if not await self.refresh():
+            # Down from the start is no change of state, so _set_available says nothing: say it.
+            log.warning("local_engine_down", url=self.config.url, error=self.down_reason)
         self._tasks.append(asyncio.create_task(self._refresh_loop(), name="ollama-refresh"))
 
     async def close(self) -> None:
@@ -211,6 +214,7 @@ class LocalEngine:
         )
 
     def _set_available(self, up: bool, why: str) -> None:
+        self.down_reason = why
         if up == self.available:
             return
         self.available = up

@@ -27,6 +27,7 @@ import orjson
 
 from gateway import config as gateway_config
 from tandem import logs
+from tandem.command_errors import BadConfiguration, CommandFailed
 from tandem.errors import ConfigError
 from tandem.eventloop import run_loop
 
@@ -59,14 +60,17 @@ def serve(config_path: Path | None) -> None:
     try:
         cfg = gateway_config.load(config_path).with_auth_required_by_default()
     except ConfigError as exc:
-        click.echo(f"tandem gateway: {exc}", err=True)
-        sys.exit(2)
+        raise BadConfiguration(str(exc)) from None
     if not cfg.pools:
-        click.echo("tandem gateway: invalid configuration\n  pools: at least one pool is required", err=True)
-        sys.exit(2)
+        raise BadConfiguration("invalid configuration\n  pools: at least one pool is required")
+    from gateway.server import CannotListen
     from gateway.server import serve as run
 
-    sys.exit(run_loop(run(cfg, started_at=started)))
+    try:
+        code = run_loop(run(cfg, started_at=started))
+    except CannotListen as exc:
+        raise CommandFailed(str(exc)) from None
+    sys.exit(code)
 
 
 # --- reaching the shared state from a command ----------------------------------------------------
@@ -92,15 +96,12 @@ def with_redis(
     try:
         cfg = gateway_config.load(config_path)
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise BadConfiguration(str(exc)) from None
     redis_cfg = cfg.redis.model_copy(update={"url": redis_url}) if redis_url else cfg.redis
     if not redis_cfg.url:
-        click.echo(
-            "tandem: no Redis configured: pass --config with redis.url, --redis-url, "
-            "or set TANDEM_REDIS__URL",
-            err=True,
+        raise BadConfiguration(
+            "no Redis configured: pass --config with redis.url, --redis-url, or set TANDEM_REDIS__URL"
         )
-        sys.exit(2)
 
     async def main() -> T:
         from gateway.state import RedisState, StateHealth
@@ -118,8 +119,7 @@ def with_redis(
     try:
         return asyncio.run(main())
     except StateUnavailable as exc:
-        click.echo(f"tandem: {exc}", err=True)
-        sys.exit(1)
+        raise CommandFailed(str(exc)) from None
 
 
 def echo_json(payload: object) -> None:
@@ -339,9 +339,8 @@ def revoke_key(key: str, config_path: Path | None, redis_url: str | None, as_jso
     if record is None:
         if as_json:
             echo_json({"error": "no such key", "kind": "KeyNotFound"})
-        else:
-            click.echo("tandem: no such key (give its id from `tandem gateway keys list`)", err=True)
-        sys.exit(1)
+            sys.exit(1)
+        raise CommandFailed("no such key (give its id from `tandem gateway keys list`)")
     if as_json:
         echo_json({"id": record.id, "tenant": record.tenant, "revoked": record.revoked})
     else:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import socket
 import time
 import zlib
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -135,6 +137,24 @@ class HttpSite(web.TCPSite):
         assert self._server is not None
         port: int = self._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         return port
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raises OSError (EADDRINUSE, EACCES) when `host:port` cannot be listened on. A process
+    asks this before it starts anything, so that a taken port ends it with one line instead
+    of whatever its half-started parts log. (gRPC binds with SO_REUSEPORT: without this check a
+    second gateway on the same port would start and split the traffic with the first.)"""
+    if port == 0:
+        return
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no obstacle
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                # Taken or forbidden; anything else (a family this host lacks) is the server's to judge.
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                    raise
 
 
 # --- requests ----------------------------------------------------------------------------------
