@@ -40,7 +40,7 @@ from tandem.routing.rules import score as rules_score
 SEED = 19
 FOLDS = 5
 MIN_DF = 2
-STRENGTHS = (3e-4, 1e-3, 3e-3, 1e-2)  # L2 strengths tried by cross-validation
+STRENGTHS = (1e-5, 3e-5, 1e-4, 3e-4)  # L2 strengths tried by cross-validation
 ITERATIONS = 400
 PRUNE = 1e-3  # weights smaller than this are left out of the artifact (they move no decision)
 CURVE = (0.1, 0.25, 0.5, 0.75, 1.0)
@@ -58,14 +58,15 @@ class Matrix:
     columns: int
 
     def dot(self, w: Floats) -> Floats:
-        products = self.data * w[self.indices]
-        sums = np.add.reduceat(products, self.indptr[:-1]) if products.size else np.zeros(0)
-        # reduceat repeats the next value for an empty row; an empty row sums to 0
-        return np.where(np.diff(self.indptr) > 0, sums, 0.0)
+        rows = len(self.indptr) - 1
+        row_of_entry = np.repeat(np.arange(rows), np.diff(self.indptr))
+        sums = np.bincount(row_of_entry, weights=self.data * w[self.indices], minlength=rows)
+        return np.asarray(sums, dtype=np.float64)
 
     def tdot(self, r: Floats) -> Floats:
         per_entry = np.repeat(r, np.diff(self.indptr)) * self.data
-        return np.bincount(self.indices, weights=per_entry, minlength=self.columns)
+        sums = np.bincount(self.indices, weights=per_entry, minlength=self.columns)
+        return np.asarray(sums, dtype=np.float64)
 
 
 def counted(examples: Sequence[corpus.Example]) -> list[Counter[str]]:
@@ -81,7 +82,7 @@ def vocabulary(counts: Sequence[Counter[str]]) -> dict[str, int]:
 
 
 def matrix(counts: Sequence[Counter[str]], vocab: dict[str, int]) -> Matrix:
-    indptr, indices, data = [0], [], []
+    indptr, indices, data = [0], list[int](), list[float]()
     for c in counts:
         scale = 1.0 / math.sqrt(max(sum(c.values()), 1))  # as ngrams.NgramModel.logit does
         row = sorted((vocab[f], n * scale) for f, n in c.items() if f in vocab)
