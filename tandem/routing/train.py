@@ -230,6 +230,36 @@ def _round(x: float) -> float:
     return float(f"{x:.4g}")
 
 
+def compare(shipped: dict[str, Any], fresh: dict[str, Any]) -> list[str]:
+    """How a shipped artifact differs from a fresh one, beyond the last rounded digit.
+
+    numpy's vectorised exp may differ in the last bit between CPUs, and a weight rounded to 4
+    digits can then land on the other side of a rounding boundary, or of PRUNE: neither is a
+    difference in the model.
+    """
+
+    def close(a: float, b: float) -> bool:
+        return abs(a - b) <= 2e-3 * max(1.0, abs(a), abs(b))
+
+    out = [
+        f"{key}: {shipped.get(key)!r} != {fresh.get(key)!r}"
+        for key in ("format", "trained_on")
+        if shipped.get(key) != fresh.get(key)
+    ]
+    pairs = [("bias", shipped["bias"], fresh["bias"])]
+    pairs += [(f"blend.{k}", shipped["blend"][k], fresh["blend"].get(k, 0.0)) for k in shipped["blend"]]
+    old, new = shipped["weights"], fresh["weights"]
+    for feature in old.keys() | new.keys():
+        a, b = old.get(feature, 0.0), new.get(feature, 0.0)
+        if feature not in old or feature not in new:
+            if max(abs(a), abs(b)) > 2 * PRUNE:
+                out.append(f"weight {feature!r}: {a} != {b}")
+        else:
+            pairs.append((f"weight {feature!r}", a, b))
+    out += [f"{name}: {a} != {b}" for name, a, b in pairs if not close(a, b)]
+    return out
+
+
 def write(artifact: dict[str, Any], path: Path) -> None:
     text = json.dumps(artifact, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
     path.write_text(text + "\n", encoding="utf-8")
@@ -243,9 +273,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     artifact = train()
     if args.check:
-        same = json.loads(args.out.read_text(encoding="utf-8")) == artifact
-        print("artifact is up to date" if same else f"{args.out} differs from a fresh training run")
-        return 0 if same else 1
+        differences = compare(json.loads(args.out.read_text(encoding="utf-8")), artifact)
+        print("artifact is up to date" if not differences else f"{args.out} differs from a fresh run:")
+        for line in differences[:20]:
+            print(f"  {line}")
+        return 1 if differences else 0
     write(artifact, args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB)")
     if args.curve:

@@ -41,3 +41,23 @@ def test_a_fresh_training_run_reproduces_the_shipped_artifact() -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr[-2000:]
     assert "artifact is up to date" in out.stdout
+
+
+def test_the_check_tells_a_changed_model_from_a_last_digit_difference() -> None:
+    shipped = {
+        "format": 1,
+        "trained_on": {"seed": 19},
+        "bias": 0.5,
+        "blend": {"rules": 0.6, "model": 1.0, "bias": 0.8},
+        "weights": {"ab": 0.1234, "cd": -2.345, "tiny": 0.0011},
+    }
+    last_digit = {**shipped, "weights": {"ab": 0.1235, "cd": -2.346}}  # "tiny" fell under PRUNE
+    assert train.compare(shipped, last_digit) == []
+    changed = {**shipped, "weights": {"ab": 0.1234, "cd": -2.0, "tiny": 0.0011, "new": 0.5}}
+    assert sorted(train.compare(shipped, changed)) == [
+        "weight 'cd': -2.345 != -2.0",
+        "weight 'new': 0.0 != 0.5",
+    ]
+    assert train.compare(shipped, {**shipped, "trained_on": {"seed": 7}}) == [
+        "trained_on: {'seed': 19} != {'seed': 7}"
+    ]
