@@ -31,6 +31,7 @@ from pydantic import Field, field_validator, model_validator
 
 from tandem.configfile import Section, load_config
 from tandem.routing.classifier import Prefer
+from tandem.tracing import TracingConfig
 from tandem.transport import ClientTLS, HttpClient
 
 
@@ -156,6 +157,7 @@ class EdgeConfig(Section):
     breaker: Breaker = Breaker()
     policy: Policy = Policy()
     http_client: HttpClient = HttpClient()  # outbound HTTP (Ollama, the model registry): proxies, idle
+    tracing: TracingConfig = TracingConfig()  # OpenTelemetry spans, exported only when configured
     edge_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=256)
     group: str = Field("default", min_length=1)
     heartbeat_seconds: float = Field(10.0, gt=0)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import orjson
 from aiohttp import web
 
-from edge_agent import ollama_face, openai_face, vitals
+from edge_agent import local_api, ollama_face, openai_face, vitals
 from edge_agent.config import EdgeConfig
 from edge_agent.service import SERVICE_KEY, EdgeService
 from tandem.errors import BadRequest, TandemError
@@ -113,6 +113,7 @@ def build_app(service: EdgeService, ready: asyncio.Event) -> web.Application:
     )
     openai_face.add_routes(app)
     ollama_face.add_routes(app)
+    local_api.add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field, replace
@@ -37,6 +38,7 @@ from tandem.chat import ChatRequest, ChatResult, Chunk, RouteDecision, ToolCall,
 from tandem.errors import TandemError, UpstreamUnavailable
 from tandem.logs import get_logger, new_request_id
 from tandem.metrics import Metrics
+from tandem.tracing import Span, Tracing
 from tandem.transport import Transport
 from tandem.v1 import gateway_pb2 as pb
 from tandem.version import tandem_version
@@ -111,6 +113,7 @@ class EdgeService:
             transport=self.transport,
         )
         self.uplink = Uplink(config.uplink, self.breaker, edge_id=config.edge_id)
+        self.tracing = Tracing(config.tracing, "tandem-edge")
         # Called with every heartbeat reply (model distribution listens here).
         self.heartbeat_listeners: list[Callable[[pb.HeartbeatResponse], None]] = []
         # Served name -> (reference, manifest digest) of versions placed by model sync; the
@@ -154,6 +157,7 @@ class EdgeService:
         await self.uplink.close()
         await self.local.close()
         await self.transport.close()
+        self.tracing.shutdown()
 
     def _breaker_changed(self, state: State) -> None:
         self._breaker_gauge.set(_BREAKER_VALUE[state])
@@ -222,7 +226,9 @@ class EdgeService:
         try:
             s = self.situation(req.model)
             for _ in range(3):  # each part is tried at most once, then the plan is a reject
-                p = policy.plan(req, s, self.config.policy)
+                with self.tracing.span("route.decide") as span:
+                    p = policy.plan(req, s, self.config.policy)
+                    span.set("tandem.route", p.decision.header())
                 try:
                     return await self._run(req, p, generate)
                 except LocalRefused as exc:
@@ -258,10 +264,17 @@ class EdgeService:
             log.info("request_rejected", route=p.decision.header(), error=p.error.message)
             raise p.error
         started = time.perf_counter()
-        if p.action is Action.LOCAL:
-            first, rest = await self._run_local(req, p, generate)
-        else:
-            first, rest = await self._forward(req, p)
+        local = p.action is Action.LOCAL
+        span = self.tracing.start("ollama.call" if local else "uplink.call", kind="client")
+        try:
+            if local:
+                first, rest = await self._run_local(req, p, generate)
+            else:
+                first, rest = await self._forward(req, p, span)
+        except BaseException as exc:
+            span.fail(f"{type(exc).__name__}: {exc}")
+            span.end()
+            raise
         self.metrics.first_token.observe(time.perf_counter() - started)
         return EdgeStream(
             id=f"chatcmpl-{req.request_id}",
@@ -270,8 +283,12 @@ class EdgeService:
             decision=p.decision,
             first=first,
             _rest=rest,
-            _done=self._leave,
+            _done=functools.partial(self._finished, span),
         )
+
+    def _finished(self, span: Span) -> None:
+        span.end()
+        self._leave()
 
     async def _run_local(
         self, req: ChatRequest, p: Plan, generate: ollama_wire.GenerateRequest | None
@@ -292,7 +309,7 @@ class EdgeService:
         return stream.first, stream.rest()
 
     async def _forward(
-        self, req: ChatRequest, p: Plan
+        self, req: ChatRequest, p: Plan, span: Span
     ) -> tuple[list[Chunk], AsyncGenerator[list[Chunk], None]]:
         # The mode travels explicitly: the answer must match the mode the route header promised.
         up = replace(
@@ -306,7 +323,9 @@ class EdgeService:
         extra_wait_s = 0.0
         if pool is not None and pool.readiness == pb.POOL_READINESS_COLD:
             extra_wait_s = pool.estimated_wait_seconds
-        stream = await self.uplink.chat(up, extra_wait_s=extra_wait_s)
+        trace: dict[str, str] = {}
+        self.tracing.inject(trace, span)  # the gateway's spans continue this trace
+        stream = await self.uplink.chat(up, extra_wait_s=extra_wait_s, metadata=trace)
         return [stream.first], stream.rest()
 
     async def complete(

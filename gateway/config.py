@@ -26,6 +26,7 @@ from gateway.pool.load import LeastLoadedWeights, LoadScrape
 from tandem.configfile import Section, load_config
 from tandem.errors import ConfigError
 from tandem.routing.classifier import Prefer
+from tandem.tracing import TracingConfig
 from tandem.transport import ClientTLS, HttpClient
 
 
@@ -108,6 +109,9 @@ class ColdStart(Section):
 
     max_pending: int = Field(256, ge=1, description="requests held at most; more get 429")
     timeout_seconds: float = Field(300.0, gt=0, description="a held request waits this long, then 503")
+    # What the pool takes to serve again from zero (a vLLM pod's scheduling, image start and
+    # model load: about a minute for Qwen3-14B); edges are told the wait it leaves.
+    expected_seconds: float = Field(60.0, ge=0, le=3600, description="expected time from zero to ready")
 
 
 class Pool(Section):
@@ -268,6 +272,7 @@ class GatewayConfig(Section):
     redis: Redis = Redis()
     auth: Auth = Auth()
     fleet: Fleet = Fleet()
+    tracing: TracingConfig = TracingConfig()  # OpenTelemetry spans, exported only when configured
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     # Qwen3's recommended sampling per mode, applied when the caller sets none.
     thinking_sampling: dict[str, float] = Field(

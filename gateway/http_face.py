@@ -9,6 +9,7 @@ status from `tandem.wire.openai.error_status`. The API routes authenticate the c
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 
@@ -30,6 +31,7 @@ from tandem.http_io import (
     openai_stream_format,
     read_body,
     request_id,
+    traced,
     write_stream,
 )
 from tandem.logs import bind_request, get_logger
@@ -62,6 +64,11 @@ async def authenticate(request: web.Request, service: GatewayService) -> Tenant 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE_KEY]
+    handle = functools.partial(_chat_completions, request, service)
+    return await traced(service.tracing, "gateway.request", "http", request, handle)
+
+
+async def _chat_completions(request: web.Request, service: GatewayService) -> web.StreamResponse:
     rid = request_id(request)
     bind_request(rid)
     started = time.perf_counter()

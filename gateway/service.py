@@ -47,6 +47,7 @@ from tandem.errors import (
 from tandem.logs import get_logger, new_request_id
 from tandem.metrics import Metrics
 from tandem.routing.decide import route
+from tandem.tracing import NO_SPAN, Span, Tracing
 from tandem.transport import Transport
 from tandem.wire import openai as wire
 
@@ -107,6 +108,7 @@ class ActiveStream:
     _rest: AsyncGenerator[list[Chunk], None]
     _admission: Admission
     _service: GatewayService
+    _span: Span = NO_SPAN  # the engine attempt that answers: it ends with the stream
     _started: float = field(default_factory=time.perf_counter)
 
     async def batches(self) -> AsyncGenerator[list[Chunk], None]:
@@ -121,6 +123,7 @@ class ActiveStream:
         except StreamBroken as exc:
             assert self._admission.upstream is not None
             self._service.balancer.failed(self._admission.upstream, status=None, error=str(exc))
+            self._span.fail(f"the engine failed mid-stream: {exc}")
             raise UpstreamFailed(f"the engine failed mid-stream: {exc}") from None
         finally:
             await self.close()
@@ -135,6 +138,7 @@ class ActiveStream:
         with contextlib.suppress(Exception):
             await self._rest.aclose()
         self._admission.release()
+        self._span.end()
 
 
 class GatewayService:
@@ -178,6 +182,7 @@ class GatewayService:
         self._idle.set()
         self.draining = False
         self.elastic = ElasticPools(config, balancer, self.transport, self.metrics, self._upstream_load)
+        self.tracing = Tracing(config.tracing, "tandem-gateway")
 
     async def start(self) -> None:
         await self.state.start()
@@ -187,6 +192,7 @@ class GatewayService:
         await self.elastic.stop()
         await self.transport.close()
         await self.state.close()
+        self.tracing.shutdown()
 
     # --- decisions -------------------------------------------------------------------------
 
@@ -279,7 +285,8 @@ class GatewayService:
         for ignore_cooldowns in (False, True):
             for pool in pools:
                 while len(tried[pool]) < attempts:
-                    upstream = await self._choose(pool, tried[pool], ignore_cooldowns=ignore_cooldowns)
+                    with self.tracing.span("pool.choose", attributes={"tandem.pool": pool}):
+                        upstream = await self._choose(pool, tried[pool], ignore_cooldowns=ignore_cooldowns)
                     if upstream is None:
                         break
                     if not first:
@@ -386,11 +393,14 @@ class GatewayService:
         `on_hold` is awaited once, when the request starts waiting for the pool to have an
         endpoint (a face may start its answer then and keep the caller's connection alive).
         """
-        decision, pool = self.decide(req, tenant)
+        with self.tracing.span("route.decide") as span:
+            decision, pool = self.decide(req, tenant)
+            span.set("tandem.route", decision.header())
         admission = self._admit()
         failures: list[AttemptFailed] = []
         try:
-            admission.grant = await self.limits.acquire(tenant, decision.estimated_tokens)
+            with self.tracing.span("limits.admit"):
+                admission.grant = await self.limits.acquire(tenant, decision.estimated_tokens)
             admission.enter(decision.pool)
             hold_until: float | None = None
             while True:
@@ -404,7 +414,8 @@ class GatewayService:
                     hold_until = asyncio.get_running_loop().time() + pool.cold_start.timeout_seconds
                     if on_hold is not None:
                         await on_hold(decision)
-                await self.elastic.hold(pool, hold_until)
+                with self.tracing.span("pool.hold", attributes={"tandem.pool": pool.name}):
+                    await self.elastic.hold(pool, hold_until)
                 failures.clear()
         except BaseException:
             admission.release()
@@ -423,12 +434,20 @@ class GatewayService:
         async with self._attempts(decision, admission) as attempts:
             async for upstream in attempts:
                 started = time.perf_counter()
+                span = self.tracing.start(
+                    "engine.attempt",
+                    kind="client",
+                    attributes={"tandem.pool": upstream.pool, "tandem.endpoint": upstream.label},
+                )
+                trace_headers: dict[str, str] = {}
+                self.tracing.inject(trace_headers, span)
                 try:
                     resp = await self.relay.open(
                         upstream,
                         self._body(req, decision, upstream, stream=True),
                         first_byte_timeout=router.first_token_timeout_seconds,
                         total_timeout=router.timeout_seconds,
+                        headers=trace_headers,
                     )
                     rest = stream_chunks(resp)
                     try:
@@ -441,8 +460,13 @@ class GatewayService:
                         await rest.aclose()
                         raise AttemptFailed(f"{upstream.id}: {exc}") from None
                 except AttemptFailed as exc:
+                    span.fail(exc.message)
+                    span.end()
                     self._fail(upstream, exc, failures)
                     continue
+                except BaseException:
+                    span.end()
+                    raise
                 latency = time.perf_counter() - started
                 self._succeeded(upstream, latency)
                 self.metrics.first_token.observe(latency)
@@ -456,6 +480,7 @@ class GatewayService:
                     _rest=rest,
                     _admission=admission,
                     _service=self,
+                    _span=span,
                 )
         return None
 

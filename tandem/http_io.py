@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import time
 import zlib
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,6 +25,7 @@ from aiohttp.web_protocol import RequestHandler
 from tandem.chat import Chunk, RouteDecision
 from tandem.errors import BadRequest, PayloadTooLarge, TandemError, UnsupportedEncoding
 from tandem.logs import callers_request_id, get_logger, new_request_id
+from tandem.tracing import Tracing
 from tandem.wire import openai as openai_wire
 
 log = get_logger("tandem.http")
@@ -137,6 +138,29 @@ class HttpSite(web.TCPSite):
 
 
 # --- requests ----------------------------------------------------------------------------------
+
+
+async def traced(
+    tracing: Tracing,
+    name: str,
+    face: str,
+    request: web.Request,
+    handle: Callable[[], Awaitable[web.StreamResponse]],
+) -> web.StreamResponse:
+    """Runs a chat handler inside a server span whose parent is the caller's `traceparent`;
+    the span gets the face, the status and the route (`x-tandem-route`). With tracing off the
+    handler runs as it is."""
+    if not tracing.enabled:
+        return await handle()
+    with tracing.span(name, kind="server", carrier=request.headers) as span:
+        span.set("tandem.face", face)
+        resp = await handle()
+        span.set("http.response.status_code", resp.status)
+        if route := resp.headers.get(openai_wire.ROUTE_HEADER):
+            span.set("tandem.route", route)
+        if resp.status >= 500:
+            span.fail(f"HTTP {resp.status}")
+        return resp
 
 
 def request_id(request: web.Request) -> str:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Gauge
 
-from gateway.config import GatewayConfig, Pool
+from gateway.config import ColdStart, GatewayConfig, Pool
 from gateway.pool import Balancer, Upstream, deployment_id
 from gateway.pool.discovery import Address, Change, DnsEndpoints, EndpointWatch
 from gateway.pool.load import LoadScraper, ScrapeTarget, metrics_url
@@ -45,10 +45,9 @@ log = get_logger("tandem.gateway.pool")
 # cooling down, or refusing connections while their engine loaded, may take it now.
 RECHECK_S = 1.0
 
-# What a cold pool is expected to take to serve again, for the wait the Heartbeat reply
-# estimates: a vLLM pod's scheduling, image start and model load (Qwen3-14B: about a minute).
-# A constant until a pool can say it (a `cold_start.expected_seconds` in gateway/config.py).
-EXPECTED_COLD_START_S = 60.0
+# What a cold pool without a `cold_start` section is expected to take to serve again (the
+# section's own default): a vLLM pod's scheduling, image start and model load.
+EXPECTED_COLD_START_S = ColdStart().expected_seconds
 
 
 class ElasticPools:
@@ -71,7 +70,7 @@ class ElasticPools:
         self._joined: dict[str, asyncio.Event] = {p.name: asyncio.Event() for p in config.pools}
         self.load: LoadScraper | None = None
         if config.router.strategy == "least-loaded":
-            self.load = LoadScraper(transport, config.router.load_scrape)
+            self.load = LoadScraper(transport, config.router.load_scrape, own=in_flight)
             balancer.attach_load(self.load, in_flight)
         self._export(metrics)
 
@@ -247,7 +246,7 @@ class PoolStates:
     Cold means no request would start now: the pool has no endpoint, or it holds requests
     (every endpoint refused them or is cooling down). The time a pool went cold is noted when
     a reply first sees it cold; edges send heartbeats every few seconds, so that is late by
-    at most about one heartbeat interval. The estimated wait is `EXPECTED_COLD_START_S` minus
+    at most about one heartbeat interval. The estimated wait is `cold_start.expected_seconds` minus
     the time cold so far, at least `RECHECK_S` (it is cold now: the wait is not zero) and at
     most the pool's `cold_start.timeout_seconds` (a held request is refused after that).
     """
@@ -268,7 +267,8 @@ class PoolStates:
             return PoolState(pool.name, aliases, Readiness.WARM, endpoints, held, 0.0, 0.0)
         now = self._clock()
         cold_for = now - self._cold_since.setdefault(pool.name, now)
-        wait = max(EXPECTED_COLD_START_S - cold_for, RECHECK_S)
+        expected = pool.cold_start.expected_seconds if pool.cold_start else EXPECTED_COLD_START_S
+        wait = max(expected - cold_for, RECHECK_S)
         if pool.cold_start is not None:
             wait = min(wait, pool.cold_start.timeout_seconds)
         return PoolState(pool.name, aliases, Readiness.COLD, endpoints, held, cold_for, wait)
