@@ -30,6 +30,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from tandem.configfile import Section, load_config
+from tandem.routing.classifier import Prefer
 from tandem.tracing import TracingConfig
 from tandem.transport import ClientTLS, HttpClient
 
@@ -162,6 +163,9 @@ class Policy(Section):
     # The cloud pool work would go to is cold (the last heartbeat reply said so): forward it
     # anyway (the gateway holds it until a replica is ready), or run it here, thinking on.
     cloud_cold: Literal["wait", "degrade"] = "wait"
+    # How the auto-mode classifier leans on this box (docs/routing.md, "prefer"): `thinking`
+    # sends borderline requests up to think (quality first), `fast` keeps them here.
+    prefer: Prefer = Prefer.BALANCED
 
 
 class EdgeConfig(Section):

@@ -25,6 +25,7 @@ from gateway.pool.discovery import DnsSource
 from gateway.pool.load import LeastLoadedWeights, LoadScrape
 from tandem.configfile import Section, load_config
 from tandem.errors import ConfigError
+from tandem.routing.classifier import Prefer
 from tandem.tracing import TracingConfig
 from tandem.transport import ClientTLS, HttpClient
 
@@ -129,6 +130,10 @@ class Pool(Section):
     non_thinking_pool: str | None = None
     # Qwen3 switches thinking per request; a pool of Qwen3-2507 Instruct/Thinking models cannot.
     supports_thinking_switch: bool = True
+    # How the auto-mode classifier leans for requests to this pool (docs/routing.md, "prefer"):
+    # `thinking` when a reasoning request answered fast costs more than GPU time, `fast` when
+    # the GPUs are the scarce part.
+    prefer: Prefer = Prefer.BALANCED
 
     @model_validator(mode="after")
     def _has_endpoints(self) -> Pool:

@@ -221,7 +221,7 @@ class GatewayService:
             raise PermissionDenied(
                 f"this API key's tenant ({tenant.name}) may not use the model `{req.model}`"
             )
-        decision = route(req, context_limit=asked.context_length)
+        decision = route(req, context_limit=asked.context_length, prefer=asked.prefer)
         pool = asked
         if decision.mode is Mode.NON_THINKING and asked.non_thinking_pool:
             pool = self.pool_for(asked.non_thinking_pool)

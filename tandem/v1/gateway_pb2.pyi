@@ -183,7 +183,7 @@ class ChatRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., mode: _Optional[_Union[Mode, str]] = ..., reasoning_effort: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[ToolChoice, _Mapping]] = ..., n: _Optional[int] = ..., include_usage: _Optional[bool] = ..., request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., user: _Optional[str] = ...) -> None: ...
 
 class RouteDecision(_message.Message):
-    __slots__ = ("mode", "target", "reason", "estimated_tokens", "confidence", "pool", "deployment")
+    __slots__ = ("mode", "target", "reason", "estimated_tokens", "confidence", "pool", "deployment", "classifier")
     MODE_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +191,7 @@ class RouteDecision(_message.Message):
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     POOL_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFIER_FIELD_NUMBER: _ClassVar[int]
     mode: Mode
     target: str
     reason: str
@@ -198,7 +199,22 @@ class RouteDecision(_message.Message):
     confidence: float
     pool: str
     deployment: str
-    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., target: _Optional[str] = ..., reason: _Optional[str] = ..., estimated_tokens: _Optional[int] = ..., confidence: _Optional[float] = ..., pool: _Optional[str] = ..., deployment: _Optional[str] = ...) -> None: ...
+    classifier: ClassifierTerms
+    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., target: _Optional[str] = ..., reason: _Optional[str] = ..., estimated_tokens: _Optional[int] = ..., confidence: _Optional[float] = ..., pool: _Optional[str] = ..., deployment: _Optional[str] = ..., classifier: _Optional[_Union[ClassifierTerms, _Mapping]] = ...) -> None: ...
+
+class ClassifierTerms(_message.Message):
+    __slots__ = ("rules", "model", "bias", "prefer", "signals")
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BIAS_FIELD_NUMBER: _ClassVar[int]
+    PREFER_FIELD_NUMBER: _ClassVar[int]
+    SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    rules: float
+    model: float
+    bias: float
+    prefer: float
+    signals: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, rules: _Optional[float] = ..., model: _Optional[float] = ..., bias: _Optional[float] = ..., prefer: _Optional[float] = ..., signals: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens", "total_tokens", "reasoning_tokens")
