@@ -107,7 +107,7 @@ function svg(tag, attrs) {
 function drawRoutes(routes) {
   const width = 600;
   const height = 160;
-  const bottom = 16;
+  const bottom = 2;
   const intervals = routes.intervals;
   const peak = Math.max(1, ...intervals.map((i) => routes.kinds.reduce((sum, k) => sum + i[k], 0)));
   const slot = width / intervals.length;
@@ -116,7 +116,7 @@ function drawRoutes(routes) {
   intervals.forEach((interval, n) => {
     let y = height - bottom;
     for (const kind of routes.kinds) {
-      const h = (interval[kind] / peak) * (height - bottom - 12);
+      const h = (interval[kind] / peak) * (height - bottom - 4);
       if (h <= 0) continue;
       y -= h;
       const bar = svg("rect", { class: `k-${kind}`, x: n * slot + 1, y, width: Math.max(1, slot - 2), height: h });
@@ -126,12 +126,11 @@ function drawRoutes(routes) {
       chart.append(bar);
     }
   });
-  const label = svg("text", { x: 2, y: 10 });
-  label.textContent = `${peak} per ${routes.interval_seconds} s`;
-  const span = svg("text", { x: 2, y: height - 3 });
-  span.textContent = `last ${Math.round((intervals.length * routes.interval_seconds) / 60)} min`;
-  chart.append(label, span);
-  $("routes-chart").replaceChildren(chart);
+  const minutes = Math.round((intervals.length * routes.interval_seconds) / 60);
+  const scale = el("div", { class: "chart-scale" },
+    el("span", {}, `${minutes} min ago`), el("span", {}, `peak ${peak} requests per ${routes.interval_seconds} s`),
+    el("span", {}, "now"));
+  $("routes-chart").replaceChildren(chart, scale);
   $("routes-legend").replaceChildren(...routes.kinds.map((k) =>
     el("li", {}, el("i", { class: `k-${k}` }), `${KIND_LABELS[k]}: ${routes.totals[k]}`)));
   $("routes-summary").textContent = routes.local_share === null
@@ -156,8 +155,9 @@ function drawPools(pools) {
     const cold = p.readiness === "cold" ? ` · cold ${Math.round(p.cold_seconds)} s, ~${Math.round(p.estimated_wait_seconds)} s to wait` : "";
     return el("div", { class: "pool", "data-pool": p.name },
       el("h3", {}, p.name, badge(p.readiness),
-        el("span", {}, `${p.replicas} replicas · demand ${p.demand} · held ${p.held}${cold}` +
-          (p.discovered ? " · discovered" : "") + (p.load_read ? "" : " · load not read (strategy)"))),
+        el("span", { class: "pool-facts" }, `${p.replicas} replicas · demand ${p.demand} · held ${p.held}${cold}` +
+          (p.discovered ? " · discovered (DNS)" : "") +
+          (p.load_read ? "" : " · engine load not read (router.strategy is not least-loaded)"))),
       p.endpoints.length ? table : el("p", { class: "empty" }, "No endpoint now."));
   });
   $("pools").replaceChildren(...(cards.length ? cards : [el("p", { class: "empty" }, "No pool configured.")]));
