@@ -8,6 +8,7 @@ import contextlib
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
 
 from edge_agent.config import EdgeConfig
@@ -18,6 +19,8 @@ from gateway.ops import BatchSummary, OpsView, RouteHistory
 from gateway.server import GatewayServer
 from simulators import OllamaModel, OllamaSimConfig, OllamaSimulator
 from simulators.vllm import VllmSimulator
+from tandem.v1 import gateway_pb2 as pb
+from tandem.v1 import gateway_pb2_grpc
 from tandem.version import tandem_version
 from tests.gateway.conftest import CONTEXT, SERVED, StartGateway
 from tests.ops.conftest import FLEET, NEXT, REFERENCE, SimEdge, edges_by_id, ops_state, until_state
@@ -328,3 +331,27 @@ async def test_the_page_is_served_with_its_files_and_a_strict_policy(gateway: Ga
             assert resp.status == 405 and "POST /ops/api/state" in (await resp.json())["error"]["message"]
         async with http.get(base + "/ops/../etc/passwd") as resp:
             assert resp.status == 404
+
+
+# --- what edges may report ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"breaker": "melted"}, "breaker"), ({"routes": pb.RouteCounts(local_thinking=-1)}, "routes")],
+)
+async def test_a_heartbeat_with_a_bad_breaker_or_count_is_refused_by_name(
+    gateway: GatewayServer, change: dict[str, Any], field: str
+) -> None:
+    request = SimEdge(f"127.0.0.1:{gateway.grpc_port}", "box-1").request()
+    for name, value in change.items():
+        if isinstance(value, pb.RouteCounts):
+            request.routes.CopyFrom(value)
+        else:
+            setattr(request, name, value)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await gateway_pb2_grpc.GatewayStub(channel).Heartbeat(request)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"heartbeat {field}" in (refused.value.details() or "")
+    assert (await ops_state(gateway))["fleet"] == []  # neither stored nor counted
