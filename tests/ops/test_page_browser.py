@@ -114,4 +114,4 @@ async def test_the_page_shows_the_fleet_and_an_edge_going_down(
     assert (tmp_path / "ops-page.png").stat().st_size > 10_000
     print(f"\nscreenshots: {tmp_path}")
     if os.environ.get("TANDEM_OPS_SCREENSHOT"):  # where the README's screenshot is refreshed from
-        (tmp_path / "ops-page.png").replace(os.environ["TANDEM_OPS_SCREENSHOT"])
+        (tmp_path / "ops-page-edge-down.png").replace(os.environ["TANDEM_OPS_SCREENSHOT"])
