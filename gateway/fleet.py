@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
 import orjson
@@ -87,7 +87,12 @@ class EdgeStatus:
     def from_json(cls, raw: bytes | str) -> EdgeStatus:
         data: dict[str, Any] = orjson.loads(raw)
         data["models"] = [ServedModel(**m) for m in data.get("models", [])]
-        return cls(**data)
+        # Fields a newer replica stored and this one does not know are left out: replicas of
+        # two versions share the fleet during a rolling upgrade.
+        return cls(**{k: v for k, v in data.items() if k in _STATUS_FIELDS})
+
+
+_STATUS_FIELDS = frozenset(f.name for f in fields(EdgeStatus))
 
 
 def check_status(status: EdgeStatus, encoded: bytes | None = None) -> bytes:

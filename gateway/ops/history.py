@@ -22,9 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.fleet import EdgeStatus
-from tandem.chat import RouteDecision
+from tandem.chat import Mode, RouteDecision
 
 KINDS = ("local_thinking", "local_non_thinking", "cloud_thinking", "cloud_non_thinking")
+_CLOUD = {Mode.THINKING: "cloud_thinking", Mode.NON_THINKING: "cloud_non_thinking"}
 # Bounds what a flood of made-up edge ids can make the history remember.
 MAX_EDGES = 10_000
 
@@ -61,8 +62,9 @@ class RouteHistory:
             self._current().counts[kind] += n
 
     def decided(self, decision: RouteDecision) -> None:
-        """A request this gateway runs on a cloud pool (`GatewayService.route_listeners`)."""
-        self.add(f"cloud_{decision.mode.value}")
+        """A request this gateway runs on a cloud pool (`GatewayService.route_listeners`): on
+        every request's path, so it only counts."""
+        self._current().counts[_CLOUD[decision.mode]] += 1
 
     def heard(self, status: EdgeStatus) -> None:
         """An edge's heartbeat, stored (`GatewayService.heartbeat_listeners`)."""

@@ -355,3 +355,9 @@ async def test_a_heartbeat_with_a_bad_breaker_or_count_is_refused_by_name(
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"heartbeat {field}" in (refused.value.details() or "")
     assert (await ops_state(gateway))["fleet"] == []  # neither stored nor counted
+
+
+def test_a_stored_status_with_fields_from_a_newer_replica_still_reads() -> None:
+    stored = b'{"edge_id":"box-1","group":"default","breaker":"closed","routes":{},"from_the_future":1}'
+    status = fleet.EdgeStatus.from_json(stored)
+    assert (status.edge_id, status.breaker) == ("box-1", "closed")

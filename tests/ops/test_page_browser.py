@@ -14,12 +14,15 @@ from typing import Any
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
 
 from gateway.fleet import MemoryFleet
 from gateway.server import GatewayServer
+from gateway.state.tenants import key_digest
 from tests.gateway.conftest import StartGateway
 from tests.ops.conftest import FLEET, NEXT, REFERENCE, SimEdge
 from tests.ops.test_api import chat
+from tests.ops.test_auth import ADMIN_KEY, EDGE_KEY, TENANT_KEY
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -115,3 +118,54 @@ async def test_the_page_shows_the_fleet_and_an_edge_going_down(
     print(f"\nscreenshots: {tmp_path}")
     if os.environ.get("TANDEM_OPS_SCREENSHOT"):  # where the README's screenshot is refreshed from
         (tmp_path / "ops-page-edge-down.png").replace(os.environ["TANDEM_OPS_SCREENSHOT"])
+
+
+KEY_FORM = "return [getComputedStyle(document.getElementById('key-form')).display, document.body.innerText]"
+
+
+async def test_with_keys_required_the_page_asks_for_an_admin_key_and_shows_edge_ids_as_text(
+    start_gateway: StartGateway, browser: webdriver.Chrome
+) -> None:
+    tenant = {
+        "name": "ops",
+        "key_sha256": [key_digest(TENANT_KEY)],
+        "edge_keys": [{"sha256": key_digest(EDGE_KEY)}],
+        "admin_key_sha256": [key_digest(ADMIN_KEY)],
+    }
+    gateway: GatewayServer = await start_gateway(auth={"required": True, "tenants": [tenant]}, fleet=FLEET)
+    # An edge id is whatever the edge reports: the page must show it, never run it.
+    odd = "<img src=x onerror=document.title='owned'>"
+    credential = (("authorization", f"Bearer {EDGE_KEY}"),)
+    await SimEdge(f"127.0.0.1:{gateway.grpc_port}", odd, metadata=credential).beat()
+    await asyncio.to_thread(browser.get, f"http://127.0.0.1:{gateway.http_port}/ops/")
+
+    async def page() -> tuple[str, str]:
+        display, text = await asyncio.to_thread(browser.execute_script, KEY_FORM)
+        return display, text
+
+    async def until_page(check: Callable[[str, str], bool]) -> str:
+        for _ in range(100):
+            display, text = await page()
+            if check(display, text):
+                return text
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"the page shows: {await page()}")
+
+    text = await until_page(lambda display, text: display != "none" and "needs an admin key" in text)
+    assert "Fleet" not in text  # nothing but the form without a key
+
+    async def enter(key: str) -> None:
+        def type_it() -> None:
+            browser.find_element(By.ID, "key").send_keys(key)
+            browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+
+        await asyncio.to_thread(type_it)
+
+    await enter(TENANT_KEY)  # a tenant's key: 403, the form stays
+    await until_page(lambda display, text: display != "none" and "role admin" in text)
+    await enter(ADMIN_KEY)
+    text = await until_page(lambda display, text: display == "none" and "<img src=x" in text)
+    assert await asyncio.to_thread(lambda: browser.title) == "Tandem ops"  # the id stayed text
+    # The only console errors are the refused requests' own (401, then 403), logged by the browser.
+    errors = await asyncio.to_thread(console_errors, browser)
+    assert errors and all("status of 401" in e["message"] or "status of 403" in e["message"] for e in errors)
