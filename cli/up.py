@@ -167,6 +167,7 @@ def _banner(edge_port: int, http_port: int, grpc_port: int, parts: list[Part]) -
 Tandem is up.
   edge agent  http://127.0.0.1:{edge_port}   (OpenAI /v1, Ollama /api)
   gateway     http://127.0.0.1:{http_port}    (OpenAI /v1)   grpc 127.0.0.1:{grpc_port}
+  ops page    http://127.0.0.1:{http_port}/ops/
 {engines}
 
 Try:

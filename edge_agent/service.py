@@ -36,7 +36,7 @@ from edge_agent.config import EdgeConfig
 from edge_agent.local_engine import LocalEngine, LocalRefused, LocalUnavailable
 from edge_agent.policy import Action, Plan, Situation
 from edge_agent.uplink import Uplink, UplinkDown
-from tandem.chat import ChatRequest, ChatResult, Chunk, RouteDecision, ToolCall, Usage
+from tandem.chat import ChatRequest, ChatResult, Chunk, Mode, RouteDecision, Target, ToolCall, Usage
 from tandem.errors import TandemError, UpstreamUnavailable
 from tandem.logs import get_logger, new_request_id
 from tandem.metrics import Metrics
@@ -155,6 +155,9 @@ class EdgeService:
         self._pools_at = -1e9
         self._heartbeat_interval = config.heartbeat_seconds
         self._in_flight = 0
+        # Answered requests since start by (target, mode): the heartbeat reports them, and the
+        # gateway's ops page turns them into this edge's local share.
+        self.route_counts: dict[tuple[str, str], int] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         self.draining = False
@@ -394,6 +397,9 @@ class EdgeService:
     ) -> None:
         """One answered request in `tandem_edge_requests` (and its duration, since `started`)."""
         self.metrics.answered(face, decision, status, started)
+        if decision is not None:
+            key = (decision.target.value, decision.mode.value)
+            self.route_counts[key] = self.route_counts.get(key, 0) + 1
 
     # --- in flight and draining ----------------------------------------------------------------
 
@@ -448,6 +454,17 @@ class EdgeService:
             queued=max(0, local.in_flight - self.config.ollama.num_parallel),
             healthy=local.available,
             version=tandem_version(),
+            routes=self._route_counts(),
+            breaker=self.breaker.state.value,
+        )
+
+    def _route_counts(self) -> pb.RouteCounts:
+        c = self.route_counts
+        return pb.RouteCounts(
+            local_thinking=c.get((Target.EDGE.value, Mode.THINKING.value), 0),
+            local_non_thinking=c.get((Target.EDGE.value, Mode.NON_THINKING.value), 0),
+            forwarded_thinking=c.get((Target.CLOUD.value, Mode.THINKING.value), 0),
+            forwarded_non_thinking=c.get((Target.CLOUD.value, Mode.NON_THINKING.value), 0),
         )
 
     def _served_models(self) -> list[pb.ServedModel]:

@@ -204,9 +204,10 @@ def keys() -> None:
 @click.option("--label", default="", help="A note to recognise the key by (who or what uses it).")
 @click.option(
     "--role",
-    type=click.Choice(["tenant", "edge"]),
+    type=click.Choice(["tenant", "edge", "admin"]),
     default=None,
-    help="tenant (default): calls the API. edge: an edge agent's key, which may also send heartbeats.",
+    help="tenant (default): calls the API. edge: an edge agent's key, which may also send heartbeats. "
+    "admin: an operator's key, which may also read the ops page (/ops/).",
 )
 @click.option(
     "--edge",
@@ -258,7 +259,11 @@ def create_key(
             echo_json({**made, "role": key_role, "edge": edge})
         else:
             click.echo(f"key:    {key}\nsha256: {digest}")
-            where = "key_sha256" if key_role == "tenant" else f"edge_keys ({{sha256: ..., edge: {edge!r}}})"
+            where = {
+                "tenant": "key_sha256",
+                "admin": "admin_key_sha256",
+                "edge": f"edge_keys ({{sha256: ..., edge: {edge!r}}})",
+            }[key_role]
             click.echo(f"Add the sha256 to {where} of tenant {tenant!r} in auth.tenants.", err=True)
         return
 
@@ -276,7 +281,7 @@ def create_key(
         echo_json({"key": key, "id": record.id, "tenant": owner, "role": record.role, "edge": record.edge})
         return
     click.echo(key)
-    kind = "key" if record.role == "tenant" else f"edge key ({_edge_of(record)})"
+    kind = {"tenant": "key", "admin": "admin key"}.get(record.role, f"edge key ({_edge_of(record)})")
     click.echo(
         f"created {kind} {record.id} for tenant {tenant!r} ({settings.describe() if settings else ''}); "
         "this is the only time the key is shown",
@@ -289,7 +294,7 @@ def _edge_of(record: Any) -> str:
 
 
 def _role_of(record: Any) -> str:
-    return "tenant" if record.role == "tenant" else f"edge:{record.edge or '*'}"
+    return record.role if record.role != "edge" else f"edge:{record.edge or '*'}"
 
 
 @keys.command("list")

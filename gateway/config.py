@@ -227,7 +227,8 @@ class StaticEdgeKey(Section):
 class StaticTenant(Section):
     """A tenant for a gateway without Redis: its keys are given as SHA-256 hex digests only
     (`tandem gateway keys create --offline` prints a key and its digest); `edge_keys` are its
-    edge agents' keys (`--offline --edge NAME`)."""
+    edge agents' keys (`--offline --edge NAME`), `admin_key_sha256` its operators' keys, which
+    may also read the ops page (`--offline --role admin`)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     models: list[str] = Field(default_factory=list, description="allowed models; empty: all")
@@ -236,8 +237,9 @@ class StaticTenant(Section):
     streams: int = Field(0, ge=0, description="concurrent requests; 0: unlimited")
     key_sha256: list[str] = Field(default_factory=list)
     edge_keys: list[StaticEdgeKey] = Field(default_factory=list)
+    admin_key_sha256: list[str] = Field(default_factory=list, description="operators' keys: the ops page")
 
-    @field_validator("key_sha256")
+    @field_validator("key_sha256", "admin_key_sha256")
     @classmethod
     def _hex_digests(cls, v: list[str]) -> list[str]:
         return [_check_digest(digest) for digest in v]

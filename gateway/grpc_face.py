@@ -143,8 +143,12 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             healthy=request.healthy,
             version=request.version,
             labels=dict(request.labels),
+            breaker=request.breaker,
+            routes={name: getattr(request.routes, name) for name in fleet.ROUTE_COUNTS},
         )
         desired = await self.fleet.heartbeat(status)  # refused when over a cap (`fleet.check_status`)
+        for listener in self.service.heartbeat_listeners:
+            listener(status)
         ref, digest = fleet.assignment(status.edge_id, status.group, desired)
         return pb.HeartbeatResponse(
             desired_reference=ref,

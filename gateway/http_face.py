@@ -1,9 +1,10 @@
 """The gateway's OpenAI-compatible HTTP face (aiohttp): a thin layer over `GatewayService`.
 
 `POST /v1/chat/completions` (stream and not), `GET /v1/models`, `/healthz`, `/readyz`,
-`/metrics`. Every answer carries `x-tandem-route`; errors are OpenAI error bodies with the
-status from `tandem.wire.openai.error_status`. The API routes authenticate the caller
-(`Authorization: Bearer <key>`, or `x-api-key`) before reading the body.
+`/metrics`, and the ops page (`/ops/`: `gateway/ops`). Every answer carries `x-tandem-route`;
+errors are OpenAI error bodies with the status from `tandem.wire.openai.error_status`. The API
+routes authenticate the caller (`Authorization: Bearer <key>`, or `x-api-key`) before reading
+the body.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import orjson
 from aiohttp import web
 from structlog.contextvars import bind_contextvars
 
+from gateway import ops
 from gateway.auth import credential
 from gateway.service import ActiveStream, GatewayService
 from gateway.state import Tenant
@@ -215,4 +217,5 @@ def build_app(service: GatewayService, ready: asyncio.Event) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    ops.install(app, service)
     return app

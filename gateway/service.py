@@ -52,6 +52,7 @@ from tandem.transport import Transport
 from tandem.wire import openai as wire
 
 if TYPE_CHECKING:
+    from gateway.fleet import EdgeStatus
     from gateway.state import Grant, SharedState, Tenant
 
 log = get_logger("tandem.gateway")
@@ -188,6 +189,10 @@ class GatewayService:
         self._idle = asyncio.Event()
         self._idle.set()
         self.draining = False
+        # Told of every request's route once it is decided, and of every edge's heartbeat once
+        # stored: the ops page's history of routes (`gateway/ops`).
+        self.route_listeners: list[Callable[[RouteDecision], None]] = []
+        self.heartbeat_listeners: list[Callable[[EdgeStatus], None]] = []
         self.elastic = ElasticPools(config, balancer, self.transport, self.metrics, self._upstream_load)
         self.tracing = Tracing(config.tracing, "tandem-gateway")
 
@@ -404,6 +409,8 @@ class GatewayService:
             decision, pool = self.decide(req, tenant)
             span.set("tandem.route", decision.header())
         admission = self._admit()
+        for listener in self.route_listeners:
+            listener(decision)
         failures: list[AttemptFailed] = []
         try:
             with self.tracing.span("limits.admit"):
@@ -506,6 +513,10 @@ class GatewayService:
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    def upstream_in_flight(self, upstream_id: str) -> int:
+        """This gateway's requests on one endpoint now."""
+        return self._upstream_load.get(upstream_id, 0)
 
 
 def _request_error(exc: AttemptFailed) -> TandemError:

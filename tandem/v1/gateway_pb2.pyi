@@ -283,7 +283,7 @@ class ServedModel(_message.Message):
     def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., reference: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("edge_id", "group", "models", "in_flight", "queued", "healthy", "version", "labels")
+    __slots__ = ("edge_id", "group", "models", "in_flight", "queued", "healthy", "version", "labels", "routes", "breaker")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -299,6 +299,8 @@ class HeartbeatRequest(_message.Message):
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    BREAKER_FIELD_NUMBER: _ClassVar[int]
     edge_id: str
     group: str
     models: _containers.RepeatedCompositeFieldContainer[ServedModel]
@@ -307,7 +309,21 @@ class HeartbeatRequest(_message.Message):
     healthy: bool
     version: str
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, edge_id: _Optional[str] = ..., group: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., healthy: _Optional[bool] = ..., version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    routes: RouteCounts
+    breaker: str
+    def __init__(self, edge_id: _Optional[str] = ..., group: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., healthy: _Optional[bool] = ..., version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., routes: _Optional[_Union[RouteCounts, _Mapping]] = ..., breaker: _Optional[str] = ...) -> None: ...
+
+class RouteCounts(_message.Message):
+    __slots__ = ("local_thinking", "local_non_thinking", "forwarded_thinking", "forwarded_non_thinking")
+    LOCAL_THINKING_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_NON_THINKING_FIELD_NUMBER: _ClassVar[int]
+    FORWARDED_THINKING_FIELD_NUMBER: _ClassVar[int]
+    FORWARDED_NON_THINKING_FIELD_NUMBER: _ClassVar[int]
+    local_thinking: int
+    local_non_thinking: int
+    forwarded_thinking: int
+    forwarded_non_thinking: int
+    def __init__(self, local_thinking: _Optional[int] = ..., local_non_thinking: _Optional[int] = ..., forwarded_thinking: _Optional[int] = ..., forwarded_non_thinking: _Optional[int] = ...) -> None: ...
 
 class PoolState(_message.Message):
     __slots__ = ("name", "aliases", "readiness", "endpoints", "held", "cold_seconds", "estimated_wait_seconds")
