@@ -45,12 +45,20 @@ async def test_a_batch_runs_every_line_and_the_output_carries_each_route(
         done = await wait_done(client, batch.id)
         assert done.status == "completed"
         assert done.request_counts is not None
-        assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (10, 10, 0)
+        assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (
+            10,
+            10,
+            0,
+        )
         assert done.output_file_id is not None and done.error_file_id is None
         assert done.completed_at is not None and done.in_progress_at is not None
         output = (await client.files.content(done.output_file_id)).text
+        with pytest.raises(openai.BadRequestError, match="Cannot cancel a batch with status 'completed'"):
+            await client.batches.cancel(batch.id)
     results = [json.loads(line) for line in output.splitlines()]
-    assert [r["custom_id"] for r in results] == [f"quick-{i}" for i in range(6)] + [f"deep-{i}" for i in range(4)]
+    assert [r["custom_id"] for r in results] == [f"quick-{i}" for i in range(6)] + [
+        f"deep-{i}" for i in range(4)
+    ]
     for r in results:
         assert r["error"] is None
         assert r["response"]["status_code"] == 200
@@ -67,7 +75,10 @@ async def test_a_batch_runs_every_line_and_the_output_carries_each_route(
     [
         ("{not json", "line 2: not valid JSON"),
         ('{"custom_id": "a", "method": "POST", "url": "/v1/embeddings", "body": {}}', "line 2: url must be"),
-        ('{"custom_id": "", "method": "POST", "url": "/v1/chat/completions", "body": {}}', "line 2: custom_id"),
+        (
+            '{"custom_id": "", "method": "POST", "url": "/v1/chat/completions", "body": {}}',
+            "line 2: custom_id",
+        ),
         (request_line("x", max_tokens=-3), "line 2: body: invalid field 'max_tokens'"),
         (request_line("first"), "line 2: custom_id 'first' is used twice"),
     ],
@@ -79,7 +90,9 @@ async def test_a_file_with_a_bad_line_is_refused_naming_the_line(
     key = await new_key(tenants, "acme")
     async with sdk(gateway, key) as client:
         with pytest.raises(openai.BadRequestError) as caught:
-            await client.files.create(file=("in.jsonl", jsonl([request_line("first"), line])), purpose="batch")
+            await client.files.create(
+                file=("in.jsonl", jsonl([request_line("first"), line])), purpose="batch"
+            )
     assert named in caught.value.message
 
 
@@ -123,7 +136,9 @@ async def test_batch_arguments_other_than_openai_allows_are_refused(
         uploaded = await client.files.create(file=("in.jsonl", jsonl([request_line("a")])), purpose="batch")
         with pytest.raises(openai.BadRequestError, match="completion_window must be '24h'"):
             await client.batches.create(
-                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="1h"  # type: ignore[arg-type]
+                input_file_id=uploaded.id,
+                endpoint="/v1/chat/completions",
+                completion_window="1h",  # type: ignore[arg-type]
             )
         with pytest.raises(openai.BadRequestError, match="endpoint must be"):
             await client.batches.create(
