@@ -4,6 +4,7 @@ SDK as the client."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import uuid
@@ -107,3 +108,12 @@ def request_line(custom_id: str, content: str = "Summarise: the line runs. /no_t
 
 def jsonl(lines: list[str]) -> bytes:
     return ("\n".join(lines) + "\n").encode()
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 30) -> None:
+    """Waits until `check()` is true (polling: the state is in another process or in Redis)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if await check():
+                return
+            await asyncio.sleep(0.05)

@@ -13,7 +13,7 @@ import pytest
 from gateway.server import GatewayServer
 from gateway.state.tenants import RedisTenants
 from simulators.vllm import VllmModel, VllmSimConfig, VllmSimulator
-from tests.batch.conftest import StartGateway, jsonl, new_key, request_line, sdk
+from tests.batch.conftest import StartGateway, jsonl, new_key, request_line, sdk, until
 from tests.batch.test_api import wait_done
 from tests.gateway.conftest import CONTEXT, SERVED
 
@@ -126,14 +126,13 @@ async def test_the_backlog_counts_in_the_pools_demand_until_the_batch_ends(
             async with session.get(metrics) as r:
                 return demand(await r.text())
 
+        async def is_demand(value: float) -> bool:
+            return await current() == value
+
         assert await current() == 0
         batch_id = await submit(gateway, key, 25)
-        async with asyncio.timeout(10):
-            while await current() != 25:
-                await asyncio.sleep(0.05)
+        await until(lambda: is_demand(25))
         async with sdk(gateway, key) as client:
             await client.batches.cancel(batch_id)
             assert (await wait_done(client, batch_id)).status == "cancelled"
-        async with asyncio.timeout(10):
-            while await current() != 0:
-                await asyncio.sleep(0.05)
+        await until(lambda: is_demand(0))
