@@ -45,7 +45,8 @@ class BatchSystem:
             return None
         redis = RedisState(
             shared.model_copy(update={"timeout_seconds": config.redis_timeout_seconds}),
-            StateHealth(fallback="batch work paused until Redis is back"),
+            # The gateway's own state logs an outage of this Redis once; batch work just pauses.
+            StateHealth(log_transitions=False),
         )
         keys = Keys(redis.prefix)
         batches = Batches(
