@@ -24,7 +24,7 @@ from gateway.batch.jobs import (
 from gateway.batch.lines import ENDPOINT, parse_lines
 from gateway.batch.queue import WorkQueue
 from gateway.config import Batch as BatchConfig
-from tandem.errors import BadRequest, RateLimited, TandemError
+from tandem.errors import BadRequest, NotFound, RateLimited, TandemError
 from tandem.logs import get_logger
 from tandem.wire import openai as wire
 
@@ -184,9 +184,11 @@ class Batches:
         final = Status(record.final or Status.COMPLETED.value)
         results = await self.queue.results(batch_id)
         if final is Status.EXPIRED:
-            lines = parse_lines(
-                await self.files.content(record.tenant, record.input_file_id), max_lines=self.config.max_lines
-            )
+            try:
+                data = await self.files.content(record.tenant, record.input_file_id)
+            except NotFound:  # its owner deleted the input: the unrun lines cannot be named
+                data = b""
+            lines = parse_lines(data, max_lines=self.config.max_lines) if data else []
             for line in lines:
                 if line.custom_id not in results:
                     results[line.custom_id] = outputs.stored(
