@@ -283,6 +283,9 @@ class Batch(Section):
     reserve_slots: int = Field(2, ge=0)
     backoff_at: float = Field(0.5, gt=0, le=1)
     backoff_seconds: float = Field(1.0, ge=0)
+    # Lines a pool starts per second at most (per replica): a batch ramps up instead of starting
+    # all its lines in the same instant, and the lines' ends stay spread out.
+    start_rate: float = Field(50.0, gt=0)
     # A line claimed by a replica that went silent this long is run again by another.
     claim_idle_seconds: float = Field(30.0, gt=0)
     max_attempts: int = Field(3, ge=1, description="per line, for engine failures")

@@ -7,7 +7,10 @@ capacity is the sum of its endpoints' `max_concurrency`):
 2. a reserve: a batch line never takes one of the last `batch.reserve_slots` free slots, so an
    interactive request arriving now finds one;
 3. backing off: while interactive requests fill `batch.backoff_at` of the capacity, no batch
-   line starts, nor for `batch.backoff_seconds` after.
+   line starts, nor for `batch.backoff_seconds` after;
+4. a steady pace: at most `batch.start_rate` lines start per second, so a batch ramps up
+   rather than starting its share in one instant (and its lines' ends stay spread out, not in
+   waves that load the gateway and the engines all at once).
 
 A line already running is never stopped: a rule only holds back the next ones. The counts are
 this replica's own (what it sends to the pool's endpoints), as the endpoint's
@@ -40,6 +43,7 @@ class SpareCapacity:
         self.running: dict[str, int] = {}  # batch lines in flight, per pool
         self._backlog: dict[str, int] = {}  # what this replica adds to the pool's demand
         self._quiet_after: dict[str, float] = {}
+        self._starts: dict[str, tuple[float, float]] = {}  # pool -> (start tokens, as of when)
 
     def capacity(self, pool: str) -> int:
         return sum(u.max_concurrency for u in self._balancer.upstreams(pool))
@@ -65,10 +69,21 @@ class SpareCapacity:
             return 0
         share = max(1, math.floor(self.config.share * capacity)) - self.running.get(pool, 0)
         room = capacity - self.config.reserve_slots - self.in_flight(pool)
-        return max(0, min(share, room))
+        return max(0, min(share, room, math.floor(self._tokens(pool, now))))
+
+    def _tokens(self, pool: str, now: float) -> float:
+        """Starts allowed now: `start_rate` per second, at most a tenth of a second's worth saved."""
+        rate = self.config.start_rate
+        burst = max(1.0, rate / 10)
+        tokens, at = self._starts.get(pool, (burst, now))
+        tokens = min(burst, tokens + (now - at) * rate)
+        self._starts[pool] = (tokens, now)
+        return tokens
 
     def started(self, pool: str) -> None:
         self.running[pool] = self.running.get(pool, 0) + 1
+        now = self._clock()
+        self._starts[pool] = (self._tokens(pool, now) - 1, now)
 
     def finished(self, pool: str) -> None:
         self.running[pool] -= 1

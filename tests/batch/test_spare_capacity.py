@@ -136,3 +136,20 @@ async def test_the_backlog_counts_in_the_pools_demand_until_the_batch_ends(
             await client.batches.cancel(batch_id)
             assert (await wait_done(client, batch_id)).status == "cancelled"
         await until(lambda: is_demand(0))
+
+
+async def test_a_batch_ramps_up_at_its_start_rate(
+    start_gateway: StartGateway, tenants: RedisTenants, engines: list[VllmSimulator]
+) -> None:
+    # 4 starts a second, lines of half a second: about 2 run at once (all 20 could, by share).
+    gateway = await start_gateway(batch={"share": 1.0, "reserve_slots": 0, "start_rate": 4})
+    key = await new_key(tenants, "acme")
+    batch_id = await submit(gateway, key, 20)
+    peak = 0
+    async with sdk(gateway, key) as client:
+        done_task = asyncio.ensure_future(wait_done(client, batch_id))
+        while not done_task.done():
+            peak = max(peak, sum(e.running for e in engines))
+            await asyncio.sleep(0.005)
+    assert done_task.result().status == "completed"
+    assert 1 <= peak <= 5
