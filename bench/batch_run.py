@@ -6,7 +6,8 @@ Figures, all from one run:
 - **time to complete** a 1,000-line batch (median over `--repeats`);
 - **interactive time to first token, p95, while the batch runs vs without it**: the same
   paced streaming load (`--interactive` concurrent streams at `--tokens-per-second`) for the
-  same time, alone and then with a batch submitted just before; ratio per repeat, median;
+  same time, alone (half just before the batch, half just after it) and with a batch
+  submitted just before; ratio per repeat, median;
 - **durability**: a 1,000-line batch during which one gateway replica is killed with SIGKILL
   (at 25% done) and Redis is killed with SIGKILL and restarted from its append-only file (at 50%
   done; `appendfsync always`): lines in / lines out / duplicates / lost.
@@ -214,7 +215,10 @@ async def measure(args: argparse.Namespace, a: Proc, b: Proc, key: str, redis: R
     out: dict[str, Any] = {"repeats": []}
     async with AsyncOpenAI(base_url=f"{a.url}/v1", api_key=key, max_retries=0) as client:
         for r in range(args.repeats):
-            alone = await interactive(a.url, key, args)
+            # The baseline is measured half before the batch and half after it, so a drift in
+            # what else the machine runs weighs on both sides alike.
+            half = argparse.Namespace(**{**vars(args), "interactive_seconds": args.interactive_seconds / 2})
+            alone = await interactive(a.url, key, half)
             started = time.perf_counter()
             batch_id = await submit(client, args.lines, f"r{r}")
             waiting = asyncio.ensure_future(wait_for(client, batch_id))
@@ -222,6 +226,7 @@ async def measure(args: argparse.Namespace, a: Proc, b: Proc, key: str, redis: R
             batch_running_after = not waiting.done()
             status = await waiting
             took = time.perf_counter() - started
+            alone += await interactive(a.url, key, half)
             p95_alone, p95_during = percentile(alone, 95), percentile(during, 95)
             rep: dict[str, Any] = {
                 "batch_status": status,
