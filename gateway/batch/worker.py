@@ -173,6 +173,14 @@ class BatchWorker:
             except TandemError as err:  # a refusal of the request itself
                 await self._record(entry, outputs.failed(entry.custom_id, rid, err), ok=False)
                 return
+            except StateUnavailable:
+                raise
+            except Exception:
+                # A fault of ours: fail the line rather than have every replica retry it forever.
+                log.exception("batch_line_crashed")
+                failure = TandemError("internal error while running this request")
+                await self._record(entry, outputs.failed(entry.custom_id, rid, failure), ok=False)
+                return
             await self._record(entry, outputs.succeeded(entry.custom_id, rid, result), ok=True)
         except StateUnavailable:
             return  # the line stays claimed: it is run again after the idle timeout
