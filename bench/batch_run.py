@@ -181,6 +181,11 @@ async def progress(client: AsyncOpenAI, batch_id: str) -> tuple[str, int, int]:
 async def wait_for(
     client: AsyncOpenAI, batch_id: str, *, fraction: float = 1.0, finished: bool = True
 ) -> str:
+    async with asyncio.timeout(600):  # a batch that never ends is a failed run, not a hung one
+        return await _wait(client, batch_id, fraction, finished)
+
+
+async def _wait(client: AsyncOpenAI, batch_id: str, fraction: float, finished: bool) -> str:
     while True:
         status, done, total = await progress(client, batch_id)
         if status in ("completed", "failed", "cancelled", "expired"):
