@@ -323,6 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="write the results here too")
     parser.add_argument("--keep-logs", action="store_true")
     args = parser.parse_args(argv)
+    load_at_start = os.getloadavg()
     logs = Path(tempfile.mkdtemp(prefix="tandem-batch-bench-"))
     redis = Redis(logs)
     redis.start()
@@ -341,7 +342,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"logs: {logs}", file=sys.stderr)
     res["summary"] = summarise(res)
     res["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    res["machine"] = {"cpus": os.cpu_count(), "load_average": os.getloadavg()}
+    res["machine"] = {"cpus": os.cpu_count(), "load_at_start": load_at_start, "load_at_end": os.getloadavg()}
+    res["summary"]["machine"] = res["machine"]
     print(json.dumps(res["summary"], indent=2))
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
