@@ -41,6 +41,9 @@ class SpareCapacity:
         self._elastic = elastic
         self._clock = clock
         self.running: dict[str, int] = {}  # batch lines in flight, per pool
+        # Of those, lines started here and not yet handed to the gateway service: the pool's
+        # count (`ElasticPools.demand`) has them only once the service admits them.
+        self.preparing: dict[str, int] = {}
         self._backlog: dict[str, int] = {}  # what this replica adds to the pool's demand
         self._quiet_after: dict[str, float] = {}
         self._starts: dict[str, tuple[float, float]] = {}  # pool -> (start tokens, as of when)
@@ -49,8 +52,10 @@ class SpareCapacity:
         return sum(u.max_concurrency for u in self._balancer.upstreams(pool))
 
     def in_flight(self, pool: str) -> int:
-        """Requests of this replica on the pool now, batch lines included."""
-        return self._elastic.demand(pool) - self._backlog.get(pool, 0)
+        """Requests of this replica on the pool now, batch lines included (those still being
+        prepared, which the pool does not count yet, too)."""
+        entered = self._elastic.demand(pool) - self._backlog.get(pool, 0)
+        return entered + self.preparing.get(pool, 0)
 
     def interactive(self, pool: str) -> int:
         return self.in_flight(pool) - self.running.get(pool, 0)
@@ -82,11 +87,18 @@ class SpareCapacity:
 
     def started(self, pool: str) -> None:
         self.running[pool] = self.running.get(pool, 0) + 1
+        self.preparing[pool] = self.preparing.get(pool, 0) + 1
         now = self._clock()
         self._starts[pool] = (self._tokens(pool, now) - 1, now)
 
-    def finished(self, pool: str) -> None:
+    def handed_over(self, pool: str) -> None:
+        """A line is about to enter the gateway service (and with it the pool's count)."""
+        self.preparing[pool] -= 1
+
+    def finished(self, pool: str, *, handed_over: bool) -> None:
         self.running[pool] -= 1
+        if not handed_over:
+            self.preparing[pool] -= 1
 
     def report_backlog(self, pool: str, lines: int) -> None:
         """Counts `lines` waiting batch lines in the pool's demand (`tandem_pool_demand`)."""

@@ -154,13 +154,19 @@ class BatchWorker:
         bind_request(rid, batch=entry.batch_id, custom_id=entry.custom_id)
         delay: float | None = None
         attempt = entry.attempt
+        handed_over = False
         try:
             current = await self.batches.jobs.load(entry.batch_id)
             if current is None or current.status is not Status.IN_PROGRESS:
                 await self.batches.queue.skip(entry)  # cancelled or expired meanwhile
                 return
             try:
-                result = await self._complete(entry, record, rid)
+                tenant = await self._tenant(record.tenant)  # a tenant deleted since: the line fails
+                req = wire.parse_request(entry.body)
+                req.request_id, req.stream, req.tenant = rid, False, record.tenant
+                self.capacity.handed_over(entry.pool)
+                handed_over = True
+                result = await self.gateway.complete(req, tenant)
             except TRANSIENT as err:
                 counts = not isinstance(err, RateLimited)
                 if counts and entry.attempt >= self.config.max_attempts:
@@ -186,18 +192,10 @@ class BatchWorker:
             return  # the line stays claimed: it is run again after the idle timeout
         finally:
             self._running[entry.stream].discard(entry.entry_id)
-            self.capacity.finished(entry.pool)
+            self.capacity.finished(entry.pool, handed_over=handed_over)
             self._wake.set()
             if delay is not None:
                 await self._requeue_later(entry, delay, attempt)
-
-    async def _complete(self, entry: Entry, record: BatchRecord, rid: str) -> Any:
-        tenant = await self._tenant(record.tenant)
-        req = wire.parse_request(entry.body)
-        req.request_id = rid
-        req.stream = False
-        req.tenant = record.tenant
-        return await self.gateway.complete(req, tenant)
 
     async def _requeue_later(self, entry: Entry, delay: float, attempt: int) -> None:
         # Engine failures count as attempts; waiting for a slot or a rate limit does not. If

@@ -52,34 +52,47 @@ async def engines() -> AsyncIterator[list[VllmSimulator]]:
 async def start_replica(
     tmp_path: Path, name: str, engines: list[VllmSimulator], prefix: str
 ) -> tuple[asyncio.subprocess.Process, str]:
-    http_port = free_port()
-    config: dict[str, Any] = {
-        "grpc": {"port": free_port()},
-        "http": {"port": http_port},
-        "pools": [
-            {
-                "name": "qwen3",
-                "context_length": CONTEXT,
-                "endpoints": [
-                    {"url": f"{e.url}/v1", "model": SERVED, "max_concurrency": 16} for e in engines
-                ],
-            }
-        ],
-        "redis": redis_section(prefix),
-        "auth": {"required": True, "cache_seconds": 0.5},
-        "batch": {"claim_idle_seconds": 2, "sweep_seconds": 0.2, "poll_seconds": 0.02, "share": 0.25},
-        "shutdown_grace_seconds": 2,
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    log = (tmp_path / f"{name}.log").open("wb")
-    proc = await asyncio.create_subprocess_exec(
-        TANDEM, "gateway", "serve", "--config", str(path),
-        env={**os.environ, "TANDEM_LOG_FORMAT": "json"}, stdout=log, stderr=log,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{http_port}"
-    await wait_ready(url, proc)
-    return proc, url
+    """A `tandem gateway serve` process; started again on other ports if one it was given was
+    taken meanwhile (other processes on this machine pick free ports too)."""
+    for attempt in range(3):
+        http_port = free_port()
+        config: dict[str, Any] = {
+            "grpc": {"port": free_port()},
+            "http": {"port": http_port},
+            "pools": [
+                {
+                    "name": "qwen3",
+                    "context_length": CONTEXT,
+                    "endpoints": [
+                        {"url": f"{e.url}/v1", "model": SERVED, "max_concurrency": 16} for e in engines
+                    ],
+                }
+            ],
+            "redis": redis_section(prefix),
+            "auth": {"required": True, "cache_seconds": 0.5},
+            "batch": {"claim_idle_seconds": 2, "sweep_seconds": 0.2, "poll_seconds": 0.02, "share": 0.25},
+            "shutdown_grace_seconds": 2,
+        }
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        log_path = tmp_path / f"{name}-{attempt}.log"
+        with log_path.open("wb") as log:
+            proc = await asyncio.create_subprocess_exec(
+                TANDEM, "gateway", "serve", "--config", str(path),
+                env={**os.environ, "TANDEM_LOG_FORMAT": "json"}, stdout=log, stderr=log,
+            )  # fmt: skip
+        url = f"http://127.0.0.1:{http_port}"
+        try:
+            await wait_ready(url, proc)
+            return proc, url
+        except AssertionError:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            output = log_path.read_text(errors="replace")
+            if "address already in use" not in output.lower():
+                raise AssertionError(f"{name} did not start:\n{output[-3000:]}") from None
+    raise AssertionError(f"{name} found no free ports in 3 attempts")
 
 
 async def consumers_with_lines(prefix: str, batch_id: str) -> dict[str, int]:

@@ -54,10 +54,20 @@ async def submit(gateway: GatewayServer, key: str, n: int) -> str:
         return batch.id
 
 
-async def test_batch_lines_in_flight_stay_within_the_pools_share(
-    start_gateway: StartGateway, tenants: RedisTenants, engines: list[VllmSimulator]
+@pytest.mark.parametrize(
+    ("share", "reserve", "most"),
+    [(0.1, 0, 6), (1.0, 60, 4)],  # the pool's share: 6 of 64 slots; the last 60 free slots kept
+    ids=["share", "reserve"],
+)
+async def test_batch_lines_in_flight_stay_within_the_share_and_off_the_last_slots(
+    start_gateway: StartGateway,
+    tenants: RedisTenants,
+    engines: list[VllmSimulator],
+    share: float,
+    reserve: int,
+    most: int,
 ) -> None:
-    gateway = await start_gateway(batch={"share": 0.1, "reserve_slots": 0})  # 6 of 64 slots
+    gateway = await start_gateway(batch={"share": share, "reserve_slots": reserve})
     key = await new_key(tenants, "acme")
     batch_id = await submit(gateway, key, 30)
     peak = 0
@@ -68,7 +78,7 @@ async def test_batch_lines_in_flight_stay_within_the_pools_share(
             await asyncio.sleep(0.005)
         done = done_task.result()
     assert done.status == "completed"
-    assert 2 <= peak <= int(0.1 * CAPACITY)
+    assert 2 <= peak <= most
 
 
 async def test_batch_lines_wait_while_interactive_traffic_is_high(
