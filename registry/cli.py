@@ -138,6 +138,11 @@ def model() -> None:
 )
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
 @click.option(
+    "--force",
+    is_flag=True,
+    help="Upload every blob even if the registry says it has it (to repair a damaged one).",
+)
+@click.option(
     "--sign-key",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
@@ -155,11 +160,14 @@ def push(
     chunk_size: int,
     upload_chunk: int,
     concurrency: int,
+    force: bool,
     sign_key: Path | None,
     plain_http: bool,
     as_json: bool,
 ) -> None:
     """Pack a GGUF model (and its Ollama settings) and push it as REFERENCE."""
+    import time
+
     from registry.progress import NullProgress, Progress, RichProgress
     from registry.push import ModelFiles, pack, push_model
 
@@ -169,7 +177,9 @@ def push(
         console = Console(stderr=True)
         if not as_json:
             console.print(f"packing {gguf_path} ...")
+        started = time.monotonic()
         packed = pack(files, name=ref.name, max_chunk=chunk_size)
+        pack_seconds = time.monotonic() - started
         if not as_json:
             c = packed.chunked
             console.print(
@@ -188,6 +198,8 @@ def push(
                 packed=packed,
                 sign_key=sign_key,
                 sign_key_password=os.environ.get("TANDEM_SIGN_KEY_PASSWORD"),
+                force=force,
+                pack_seconds=pack_seconds,
             )
 
         def human() -> None:

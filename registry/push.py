@@ -14,6 +14,7 @@ cannot upload a byte range of one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -46,6 +47,7 @@ from registry.artifact import (
 from registry.auth import Credentials, oras_registry, resolve_credentials
 from registry.chunking import DEFAULT_MAX_CHUNK, ChunkedFile, chunk_file
 from registry.errors import AuthFailed, BadModelFile, NotFound, RegistryError, RegistryUnavailable
+from registry.gguf_header import GGUF_MAGIC
 from registry.progress import NullProgress, Progress
 from registry.reference import Reference
 from registry.signature import (
@@ -60,6 +62,9 @@ from registry.signature import (
 log = structlog.get_logger("registry.push")
 
 DEFAULT_UPLOAD_CHUNK = 16 << 20
+# How the weights file is cut (the config records it; pulling does not depend on it):
+# 1: the GGUF header as one layer; 2: the header cut into pieces (`gguf_chunks.header_spans`).
+PACKING = 2
 MANIFEST_ACCEPT = OCI_MANIFEST
 
 
@@ -110,7 +115,8 @@ class PushResult:
     skipped_blobs: int = 0
     skipped_bytes: int = 0
     tag_written: bool = False
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole push, packing included
+    pack_seconds: float = 0.0  # cutting and hashing the files
     uploaded: list[str] = field(default_factory=list)
     signature: str | None = None  # the tag of the signature pushed with it
 
@@ -125,6 +131,7 @@ class PushResult:
             "tag_written": self.tag_written,
             "signature": self.signature,
             "seconds": round(self.seconds, 3),
+            "pack_seconds": round(self.pack_seconds, 3),
         }
 
 
@@ -155,6 +162,24 @@ def _read_setting(role: str, path: Path) -> bytes:
     return data
 
 
+def check_gguf(path: Path) -> None:
+    """`--gguf` must name a non-empty GGUF file (Ollama serves nothing else)."""
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            raise BadModelFile(f"--gguf {path}: not a regular file")
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except FileNotFoundError:
+        raise BadModelFile(f"--gguf {path}: no such file") from None
+    except OSError as exc:
+        raise BadModelFile(f"--gguf {path}: cannot read: {exc.strerror or exc}") from None
+    if size == 0:
+        raise BadModelFile(f"--gguf {path}: the file is empty")
+    if magic != GGUF_MAGIC:
+        raise BadModelFile(f"--gguf {path}: not a GGUF file (it does not start with the GGUF magic)")
+
+
 def pack(
     files: ModelFiles,
     *,
@@ -163,8 +188,7 @@ def pack(
     on_bytes: Callable[[int], None] | None = None,
 ) -> PackedModel:
     """Cuts, hashes and describes one model version (no network)."""
-    if not files.gguf.is_file():
-        raise BadModelFile(f"--gguf {files.gguf}: no such file")
+    check_gguf(files.gguf)
     chunked = chunk_file(files.gguf, max_chunk, on_bytes)
     filename = (
         files.gguf.name if files.gguf.suffix == ".gguf" else "model.gguf" if chunked.gguf else "model.bin"
@@ -240,6 +264,7 @@ def pack(
             model_cfg["quantization"] = info.quantization
     tandem: dict[str, Any] = {
         "schemaVersion": 1,
+        "packing": PACKING,
         "weights": {
             "filename": filename,
             "digest": chunked.digest,
@@ -346,6 +371,22 @@ class RemoteRepository:
 
     def blob_exists(self, digest: str) -> bool:
         return self.call("HEAD", f"{self._base}/blobs/{digest}").status_code == 200
+
+    def blob_intact(self, digest: str) -> bool:
+        """Reads the registry's copy of a blob back and hashes it (memory: one read buffer).
+        False when it is missing or its bytes do not match `digest`."""
+        headers = {"Authorization": f"Basic {self._basic}"} if self._basic else {}
+        try:
+            resp = self._oras.session.get(f"{self._base}/blobs/{digest}", headers=headers, stream=True)
+        except requests.RequestException as exc:
+            raise RegistryUnavailable(f"cannot reach {self.ref.registry}: {exc.__class__.__name__}") from None
+        with resp:
+            if resp.status_code != 200:
+                return False
+            h = hashlib.sha256()
+            for piece in resp.iter_content(1 << 20):
+                h.update(piece)
+        return "sha256:" + h.hexdigest() == digest
 
     def manifest_digest(self, target: str) -> str | None:
         resp = self.call("HEAD", f"{self._base}/manifests/{target}", headers={"Accept": MANIFEST_ACCEPT})
@@ -493,8 +534,17 @@ def push_model(
     packed: PackedModel | None = None,
     sign_key: Path | None = None,
     sign_key_password: str | None = None,
+    force: bool = False,
+    pack_seconds: float = 0.0,
 ) -> PushResult:
     """Pushes one version; blobs first (only the missing ones), the tag last.
+
+    `force` does not take the registry's word (a HEAD) for the blobs it has: it reads each
+    one back and hashes it, and uploads every blob that is missing or damaged. A registry
+    that keeps its own copy of a blob it already has (the CNCF distribution registry does:
+    content-addressed storage is never overwritten) leaves a damaged copy in place; that is
+    reported by name (`RegistryError`) with what to delete, not passed off as repaired.
+    `packed`/`pack_seconds`: a pack made by the caller and what it cost (counted in `seconds`).
 
     With `sign_key` (an EC private key, PEM) the version is signed (`registry.signature`) and
     the signature pushed beside it before the tag is written, so a tag never shows a signed
@@ -503,8 +553,10 @@ def push_model(
     if ref.tag is None:
         raise RegistryError("push needs a tag: REGISTRY/models/NAME:TAG")
     progress = progress or NullProgress()
-    started = time.monotonic()
-    packed = packed or pack(files, name=ref.name, max_chunk=max_chunk)
+    started = time.monotonic() - pack_seconds
+    if packed is None:
+        packed = pack(files, name=ref.name, max_chunk=max_chunk)
+        pack_seconds = time.monotonic() - started
     creds = creds or resolve_credentials(ref.registry)
     local = threading.local()
 
@@ -513,12 +565,12 @@ def push_model(
             local.repo = RemoteRepository(ref, creds, plain_http=plain_http)
         return local.repo
 
-    result = PushResult(reference=str(ref), manifest_digest=packed.manifest_digest)
+    result = PushResult(reference=str(ref), manifest_digest=packed.manifest_digest, pack_seconds=pack_seconds)
     lock = threading.Lock()
 
     def one(blob: BlobSource) -> None:
         repo = remote()
-        if repo.blob_exists(blob.digest):
+        if repo.blob_exists(blob.digest) and (not force or repo.blob_intact(blob.digest)):
             progress.advance("", blob.size)  # counts toward the whole, moves nothing
             with lock:
                 result.skipped_blobs += 1
@@ -527,6 +579,13 @@ def push_model(
         progress.start(blob.digest, f"{blob.label} {blob.digest[7:19]}", blob.size)
         repo.upload(blob, upload_chunk, lambda n: progress.advance(blob.digest, n))
         progress.finish(blob.digest)
+        if force and not repo.blob_intact(blob.digest):
+            raise RegistryError(
+                f"{ref.registry} kept its damaged copy of {blob.digest} ({blob.label}) after a fresh "
+                "upload: it does not overwrite a blob it has. Delete the blob's data from the "
+                f"registry's storage (distribution: docker/registry/v2/blobs/sha256/{blob.digest[7:9]}/"
+                f"{blob.digest[7:]}/data), then push again"
+            )
         with lock:
             result.uploaded_blobs += 1
             result.uploaded_bytes += blob.size

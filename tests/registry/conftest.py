@@ -112,11 +112,13 @@ def make_gguf(
     seed: int = 0,
     metadata: dict[str, str] | None = None,
     changed: dict[str, float] | None = None,
+    tokens: list[str] | None = None,
 ) -> Path:
     """A small, valid GGUF file (about 1 MiB per block at dim=256) made with the gguf package.
 
     `changed` adds a constant to the named tensors: the same model with those tensors updated.
-    `metadata` adds string keys to the header.
+    `metadata` adds string keys to the header; `tokens` a tokenizer vocabulary (a string
+    array, as real models carry) with its scores.
     """
     import gguf
 
@@ -133,6 +135,9 @@ def make_gguf(
     writer.add_name("tiny-qwen3")
     writer.add_context_length(4096)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    if tokens:
+        writer.add_token_list(tokens)
+        writer.add_token_scores([float(-i) for i in range(len(tokens))])
     for key, value in (metadata or {}).items():
         writer.add_string(key, value)
     for name, array in tensors.items():
