@@ -68,10 +68,14 @@ def plan_spans(path: Path, max_chunk: int = DEFAULT_MAX_CHUNK) -> tuple[list[Spa
 
 
 def chunk_file(
-    path: Path, max_chunk: int = DEFAULT_MAX_CHUNK, on_bytes: Callable[[int], None] | None = None
+    path: Path,
+    max_chunk: int = DEFAULT_MAX_CHUNK,
+    on_bytes: Callable[[int], None] | None = None,
+    on_part: Callable[[Part], None] | None = None,
 ) -> ChunkedFile:
     """Cuts and hashes `path` in one sequential read; `on_bytes` is told how many bytes were
-    hashed, as it goes.
+    hashed, as it goes, and `on_part` each part as soon as its digest is known (a push
+    uploads it while the rest of the file is still being hashed).
 
     Each buffer feeds two sha256s, the part's and the whole file's. The whole file's runs in a
     helper thread (hashlib releases the GIL), so hashing costs about one sha256 of the file in
@@ -107,6 +111,8 @@ def chunk_file(
                     if on_bytes:
                         on_bytes(n)
                 parts.append(Part(span, "sha256:" + h.hexdigest()))
+                if on_part:
+                    on_part(parts[-1])
             for waiting in pending:
                 if waiting is not None:
                     waiting.result()

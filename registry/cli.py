@@ -166,40 +166,29 @@ def push(
     as_json: bool,
 ) -> None:
     """Pack a GGUF model (and its Ollama settings) and push it as REFERENCE."""
-    import time
-
     from registry.progress import NullProgress, Progress, RichProgress
-    from registry.push import ModelFiles, pack, push_model
+    from registry.push import ModelFiles, push_model
 
     def body() -> None:
         ref = _ref(reference)
         files = ModelFiles(gguf_path, template, system, params, license_, adapter)
         console = Console(stderr=True)
-        if not as_json:
-            console.print(f"packing {gguf_path} ...")
-        started = time.monotonic()
-        packed = pack(files, name=ref.name, max_chunk=chunk_size)
-        pack_seconds = time.monotonic() - started
-        if not as_json:
-            c = packed.chunked
-            console.print(
-                f"{c.format} {c.size} bytes, {len(c.parts)} weights layers ({c.chunking}), "
-                f"{len(packed.blobs)} blobs, manifest {packed.manifest_digest}"
-            )
-        progress: Progress = NullProgress() if as_json else RichProgress(packed.total_bytes, f"push {ref}")
+        # Hashing and uploading overlap (`push_model`), so progress counts the file's bytes
+        # as they are checked or sent.
+        total = gguf_path.stat().st_size if gguf_path.is_file() else 0
+        progress: Progress = NullProgress() if as_json else RichProgress(total, f"push {ref}")
         with progress if isinstance(progress, RichProgress) else contextlib.nullcontext():
             result = push_model(
                 ref,
                 files,
                 plain_http=plain_http,
+                max_chunk=chunk_size,
                 upload_chunk=upload_chunk,
                 concurrency=concurrency,
                 progress=progress,
-                packed=packed,
                 sign_key=sign_key,
                 sign_key_password=os.environ.get("TANDEM_SIGN_KEY_PASSWORD"),
                 force=force,
-                pack_seconds=pack_seconds,
             )
 
         def human() -> None:
@@ -224,6 +213,9 @@ def push(
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
 @click.option("--max-rate", type=SIZE, default=None, help="Bandwidth cap in bytes/s (e.g. 20MiB).")
 @click.option("--dry-run", is_flag=True, help="Show what would move, move nothing.")
+@click.option(
+    "--full-check", is_flag=True, help="Hash reused blobs and files again (default: size and stamp)."
+)
 @click.option("--require-signature", is_flag=True, help="Refuse a version not signed with --public-key.")
 @click.option(
     "--public-key",
@@ -238,6 +230,7 @@ def pull(
     concurrency: int,
     max_rate: int | None,
     dry_run: bool,
+    full_check: bool,
     require_signature: bool,
     public_key: Path | None,
     plain_http: bool,
@@ -257,7 +250,7 @@ def pull(
             _transport() as transport,
             RegistryClient(ref, transport=transport, plain_http=plain_http, max_rate=max_rate) as client,
         ):
-            plan = await plan_pull(client, store)
+            plan = await plan_pull(client, store, full_check=full_check)
             lines = plan.describe()
             plan_json = {
                 "layers": len(plan.blobs),
@@ -284,6 +277,7 @@ def pull(
                     concurrency=concurrency,
                     progress=progress,
                     public_key=public_key if require_signature else None,
+                    full_check=full_check,
                 )
             return {**result.summary(), "plan": plan_json}, lines
 
@@ -309,6 +303,77 @@ def pull(
         _emit(as_json, summary, human)
 
     _run(as_json, body)
+
+
+@model.command()
+@click.option("--store", "store_dir", type=click.Path(path_type=Path), default=None, help="Local blob store.")
+@click.option("--quick", is_flag=True, help="Trust files whose size and stamp match (no hashing).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout, for programs.")
+def verify(store_dir: Path | None, quick: bool, as_json: bool) -> None:
+    """Check every blob and reassembled file in the store against its digest.
+
+    Damaged ones are removed (the next pull fetches them again); exit code 4 if any were.
+    """
+    from registry.errors import DigestMismatch
+    from registry.store import Store
+
+    def body() -> None:
+        store = Store(store_dir or default_store())
+        with store.lock(wait=False):
+            store.clean_temporaries()
+            problems = store.verify(full=not quick)
+        if problems:
+            raise DigestMismatch(f"{len(problems)} damaged in {store.root}: " + "; ".join(problems))
+        _emit(
+            as_json,
+            {"store": str(store.root), "problems": []},
+            lambda: Console(stderr=True).print(f"[green]ok[/] {store.root}", highlight=False),
+        )
+
+    _run(as_json, body)
+
+
+@model.command()
+@click.option("--store", "store_dir", type=click.Path(path_type=Path), default=None, help="Local blob store.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout, for programs.")
+def gc(store_dir: Path | None, as_json: bool) -> None:
+    """Delete what the current and previous version of each model no longer need.
+
+    Kept: per repository, the two versions pulled last (and, in an edge's store, the current
+    and previous versions its sync state names); everything else, partial downloads and
+    temporary files of killed pulls included, is deleted.
+    """
+    from registry.store import Store
+
+    def body() -> None:
+        store = Store(store_dir or default_store())
+        keep = {d for versions in store.pulls().values() for d in versions[:2]}
+        keep |= _sync_state_versions(store.root / "sync-state.json")
+        with store.lock(wait=False):
+            freed = store.clean_temporaries() + store.gc(keep)
+        _emit(
+            as_json,
+            {"store": str(store.root), "kept": sorted(keep), "freed_bytes": freed},
+            lambda: Console(stderr=True).print(
+                f"[green]gc[/] {store.root}: kept {len(keep)} versions, freed {freed} bytes", highlight=False
+            ),
+        )
+
+    _run(as_json, body)
+
+
+def _sync_state_versions(path: Path) -> set[str]:
+    """The current and previous versions an edge's `ModelSync` serves from this store."""
+    try:
+        state = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return set()
+    out: set[str] = set()
+    for key in ("current", "previous"):
+        version = state.get(key) if isinstance(state, dict) else None
+        if isinstance(version, dict) and isinstance(version.get("digest"), str):
+            out.add(version["digest"])
+    return out
 
 
 @model.command()

@@ -323,7 +323,10 @@ async def fetch_artifact(
     return raw, digest, manifest, config, config_raw
 
 
-async def plan_pull(client: RegistryClient, store: Store) -> PullPlan:
+async def plan_pull(client: RegistryClient, store: Store, *, full_check: bool = False) -> PullPlan:
+    """What must move. A layer the store has is reused only if it still checks out: size and
+    stamp (`Store.check`; with `full_check`, its sha256 again); a damaged one is discarded
+    and planned for download."""
     ref = client.ref
     raw, digest, manifest, config, config_raw = await fetch_artifact(client, ref.target)
     store.put_bytes(manifest.config.digest, config_raw)
@@ -333,7 +336,7 @@ async def plan_pull(client: RegistryClient, store: Store) -> PullPlan:
         if layer.digest in blobs:
             continue
         label = labels.get(layer.digest, layer.role) if layer.role == "weights" else layer.role
-        if store.has(layer.digest):
+        if await asyncio.to_thread(store.check_blob, layer.digest, layer.size, full=full_check):
             blobs[layer.digest] = BlobPlan(layer.digest, layer.size, label, "present")
         elif (have := store.partial_size(layer.digest)) and have <= layer.size:
             blobs[layer.digest] = BlobPlan(layer.digest, layer.size, label, "resume", have)
@@ -351,6 +354,7 @@ async def execute_pull(
     progress: Progress | None = None,
     assemble: bool = True,
     public_key: Path | None = None,
+    full_check: bool = False,
 ) -> PullResult:
     """Moves what the plan says is missing, verifies it, and reassembles the weights file.
 
@@ -377,7 +381,7 @@ async def execute_pull(
     store.ensure_space(needed, f"pulling {plan.ref}")
     bundle = await _required_signature(client, plan) if public_key is not None else None
     sem = asyncio.Semaphore(max(1, concurrency))
-    assembler = Assembler(store, plan.config) if assemble else None
+    assembler = Assembler(store, plan.config, full_check=full_check) if assemble else None
 
     def refetched() -> None:
         result.refetched += 1
@@ -400,6 +404,7 @@ async def execute_pull(
             result.downloaded.append(blob.digest)
 
     async with store.alock():
+        store.clean_temporaries()  # a killed pull's leftovers: no live writer holds the lock
         present = [b for b in plan.blobs if b.state == "present" and store.has(b.digest)]
         result.layers_reused += len(present)
         result.bytes_reused += sum(b.size for b in present)
@@ -427,6 +432,7 @@ async def execute_pull(
                     await asyncio.shield(assembling)
                 assembler.discard()
         store.put_manifest(plan.manifest_digest, plan.manifest_raw)
+        store.record_pull(plan.ref.repository_ref, plan.manifest_digest)
         result.seconds = time.monotonic() - started
     log.info("model_pulled", **result.summary())
     return result
@@ -466,6 +472,7 @@ async def pull_model(
     public_key: Path | None = None,
     transport: Transport | None = None,
     tls: ClientTLS | None = None,
+    full_check: bool = False,
 ) -> PullResult:
     """Plans, reports the plan to `on_plan`, then pulls. The one-call form the CLI and edge use.
 
@@ -480,7 +487,7 @@ async def pull_model(
         limits=limits,
         max_rate=max_rate,
     ) as client:
-        plan = await plan_pull(client, store)
+        plan = await plan_pull(client, store, full_check=full_check)
         if on_plan:
             on_plan(plan)
         return await execute_pull(
@@ -491,4 +498,5 @@ async def pull_model(
             progress=progress,
             assemble=assemble,
             public_key=public_key,
+            full_check=full_check,
         )

@@ -19,7 +19,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ from registry.artifact import (
     sha256_digest,
 )
 from registry.auth import Credentials, oras_registry, resolve_credentials
-from registry.chunking import DEFAULT_MAX_CHUNK, ChunkedFile, chunk_file
+from registry.chunking import DEFAULT_MAX_CHUNK, ChunkedFile, Part, chunk_file
 from registry.errors import AuthFailed, BadModelFile, NotFound, RegistryError, RegistryUnavailable
 from registry.gguf_header import GGUF_MAGIC
 from registry.progress import NullProgress, Progress
@@ -186,10 +186,19 @@ def pack(
     name: str,
     max_chunk: int = DEFAULT_MAX_CHUNK,
     on_bytes: Callable[[int], None] | None = None,
+    on_blob: Callable[[BlobSource], None] | None = None,
 ) -> PackedModel:
-    """Cuts, hashes and describes one model version (no network)."""
+    """Cuts, hashes and describes one model version (no network). `on_blob` is handed each
+    weights part as soon as it is hashed (the rest of `blobs` only when `pack` returns)."""
     check_gguf(files.gguf)
-    chunked = chunk_file(files.gguf, max_chunk, on_bytes)
+
+    def part_blob(part: Part) -> BlobSource:
+        label = chunk_label(part.span.kind, part.span.first, part.span.last)
+        return BlobSource(part.digest, part.span.size, label, path=files.gguf, offset=part.span.offset)
+
+    chunked = chunk_file(
+        files.gguf, max_chunk, on_bytes, on_part=(lambda part: on_blob(part_blob(part))) if on_blob else None
+    )
     filename = (
         files.gguf.name if files.gguf.suffix == ".gguf" else "model.gguf" if chunked.gguf else "model.bin"
     )
@@ -211,11 +220,7 @@ def pack(
                 },
             }
         )
-        label = chunk_label(part.span.kind, part.span.first, part.span.last)
-        blobs.setdefault(
-            part.digest,
-            BlobSource(part.digest, part.span.size, label, path=files.gguf, offset=part.span.offset),
-        )
+        blobs.setdefault(part.digest, part_blob(part))
     settings: dict[str, str] = {}
     for role in SETTING_ROLES:
         path = getattr(files, role)
@@ -554,9 +559,6 @@ def push_model(
         raise RegistryError("push needs a tag: REGISTRY/models/NAME:TAG")
     progress = progress or NullProgress()
     started = time.monotonic() - pack_seconds
-    if packed is None:
-        packed = pack(files, name=ref.name, max_chunk=max_chunk)
-        pack_seconds = time.monotonic() - started
     creds = creds or resolve_credentials(ref.registry)
     local = threading.local()
 
@@ -565,7 +567,7 @@ def push_model(
             local.repo = RemoteRepository(ref, creds, plain_http=plain_http)
         return local.repo
 
-    result = PushResult(reference=str(ref), manifest_digest=packed.manifest_digest, pack_seconds=pack_seconds)
+    result = PushResult(reference=str(ref), manifest_digest="", pack_seconds=pack_seconds)
     lock = threading.Lock()
 
     def one(blob: BlobSource) -> None:
@@ -592,8 +594,27 @@ def push_model(
             result.uploaded.append(blob.digest)
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="push") as pool:
-        for future in [pool.submit(one, b) for b in packed.blobs]:
+        futures: dict[str, Future[None]] = {}
+
+        def submit(blob: BlobSource) -> None:
+            if blob.digest not in futures:
+                futures[blob.digest] = pool.submit(one, blob)
+
+        if packed is None:
+            # Each part is checked and uploaded as soon as it is hashed, while the rest of the
+            # file is read: a first push costs about max(hashing, uploading), not their sum.
+            try:
+                packed = pack(files, name=ref.name, max_chunk=max_chunk, on_blob=submit)
+            except BaseException:
+                for future in futures.values():
+                    future.cancel()
+                raise
+            result.pack_seconds = time.monotonic() - started
+        for blob in packed.blobs:
+            submit(blob)
+        for future in list(futures.values()):
             future.result()
+    result.manifest_digest = packed.manifest_digest
     repo = remote()
     if sign_key is not None:
         result.signature = push_signature(repo, files, packed, sign_key, sign_key_password)
