@@ -294,6 +294,9 @@ class ModelSync:
                 self.store,
                 concurrency=self.config.concurrency,
                 public_key=self.config.public_key if self.config.require_signature else None,
+                # Ollama gets the weights streamed from the chunks (`register`): the file is
+                # written out only when a signature must be checked over it, or it is kept.
+                assemble=self.config.require_signature or self.config.keep_weights_file,
             )
             name = versioned_name(served, plan.manifest_digest)
             if name not in self.state.created:
