@@ -212,6 +212,12 @@ def push(
 @click.option("--store", "store_dir", type=click.Path(path_type=Path), default=None, help="Local blob store.")
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
 @click.option("--max-rate", type=SIZE, default=None, help="Bandwidth cap in bytes/s (e.g. 20MiB).")
+@click.option(
+    "--mirror",
+    "mirrors",
+    multiple=True,
+    help="http(s)://HOST[:PORT] of a mirror to try first (repeatable, in order); then REFERENCE's registry.",
+)
 @click.option("--dry-run", is_flag=True, help="Show what would move, move nothing.")
 @click.option(
     "--full-check", is_flag=True, help="Hash reused blobs and files again (default: size and stamp)."
@@ -229,6 +235,7 @@ def pull(
     store_dir: Path | None,
     concurrency: int,
     max_rate: int | None,
+    mirrors: tuple[str, ...],
     dry_run: bool,
     full_check: bool,
     require_signature: bool,
@@ -240,7 +247,7 @@ def pull(
     if require_signature and public_key is None:
         raise click.UsageError("--require-signature needs --public-key")
     from registry.progress import NullProgress, Progress, RichProgress
-    from registry.pull import RegistryClient, execute_pull, plan_pull
+    from registry.pull import execute_pull, first_source, sources
     from registry.store import Store
 
     async def go() -> tuple[dict[str, Any], list[str]]:
@@ -248,10 +255,17 @@ def pull(
         store = Store(store_dir or default_store())
         async with (
             _transport() as transport,
-            RegistryClient(ref, transport=transport, plain_http=plain_http, max_rate=max_rate) as client,
+            first_source(
+                sources(ref, list(mirrors), plain_http=plain_http),
+                store,
+                full_check=full_check,
+                transport=transport,
+                max_rate=max_rate,
+            ) as (client, plan),
         ):
-            plan = await plan_pull(client, store, full_check=full_check)
             lines = plan.describe()
+            if client.ref.registry != ref.registry:
+                lines.insert(0, f"from mirror {client.ref.registry}")
             plan_json = {
                 "layers": len(plan.blobs),
                 "bytes_total": plan.total_bytes,

@@ -29,9 +29,9 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,6 +52,8 @@ from registry.assembly import Assembler
 from registry.auth import Credentials, RegistryAuth, resolve_credentials
 from registry.download import BlobFetcher
 from registry.errors import (
+    AuthFailed,
+    BadReference,
     DigestMismatch,
     ManifestRejected,
     NotFound,
@@ -457,6 +459,80 @@ def _in_own_thread(fn: Callable[[], None]) -> asyncio.Future[None]:
     return future
 
 
+@dataclass(frozen=True)
+class Source:
+    """One registry to pull a reference from: a factory mirror, or the reference's own."""
+
+    ref: Reference
+    plain_http: bool
+
+    def __str__(self) -> str:
+        return f"{'http' if self.plain_http else 'https'}://{self.ref.registry}"
+
+
+def sources(ref: Reference, mirrors: list[str], *, plain_http: bool) -> list[Source]:
+    """The registries to try, in order: each mirror (`http://host:port` or `https://host`;
+    it serves the same repositories, e.g. a pull-through cache of the central registry), then
+    the reference's own registry."""
+    out: list[Source] = []
+    for mirror in mirrors:
+        host, mirror_plain = parse_mirror(mirror)
+        out.append(Source(replace(ref, registry=host), plain_http=mirror_plain))
+    out.append(Source(ref, plain_http))
+    return out
+
+
+def parse_mirror(text: str) -> tuple[str, bool]:
+    """`http://HOST[:PORT]` or `https://HOST[:PORT]` -> (host, plain HTTP?)."""
+    scheme, sep, host = text.partition("://")
+    host = host.rstrip("/")
+    if not sep or scheme not in ("http", "https") or not host or "/" in host:
+        raise BadReference(f"mirror {text!r} must be http://HOST[:PORT] or https://HOST[:PORT]")
+    return host, scheme == "http"
+
+
+# What makes a source worth skipping for the next one: it is down, lacks the version, or
+# will not let us in. A version that is hostile or does not verify is not retried elsewhere.
+_NEXT_SOURCE = (RegistryUnavailable, NotFound, AuthFailed)
+
+
+@contextlib.asynccontextmanager
+async def first_source(
+    candidates: list[Source], store: Store, *, full_check: bool = False, **client_kw: Any
+) -> AsyncIterator[tuple[RegistryClient, PullPlan]]:
+    """A client and a plan from the first source that answers; the error of the last one
+    (with what the others said) when none does."""
+    failures: list[str] = []
+    creds = client_kw.pop("creds", None)
+    for i, source in enumerate(candidates):
+        # Credentials given for the reference's registry go to it alone; a mirror gets its own
+        # (from the environment or a docker-style config, by host).
+        own = source.ref.registry == candidates[-1].ref.registry
+        client = RegistryClient(
+            source.ref, plain_http=source.plain_http, creds=creds if own else None, **client_kw
+        )
+        try:
+            plan = await plan_pull(client, store, full_check=full_check)
+        except _NEXT_SOURCE as exc:
+            await client.__aexit__(None, None, None)
+            if i == len(candidates) - 1:
+                if failures:
+                    exc.message += " (also tried: " + "; ".join(failures) + ")"
+                raise
+            failures.append(f"{source}: {exc.message}")
+            log.warning("pull_source_skipped", source=str(source), error=exc.message)
+            continue
+        except BaseException:
+            await client.__aexit__(None, None, None)
+            raise
+        try:
+            yield client, plan
+        finally:
+            await client.__aexit__(None, None, None)
+        return
+    raise RegistryError("no registry to pull from")  # `sources` always gives at least one
+
+
 async def pull_model(
     ref: Reference,
     store: Store,
@@ -473,21 +549,23 @@ async def pull_model(
     transport: Transport | None = None,
     tls: ClientTLS | None = None,
     full_check: bool = False,
+    mirrors: list[str] | None = None,
 ) -> PullResult:
     """Plans, reports the plan to `on_plan`, then pulls. The one-call form the CLI and edge use.
 
     `public_key`: require a signature that verifies with it (see `execute_pull`).
-    `transport`: the process's outbound transport (none: one for this pull)."""
-    async with RegistryClient(
-        ref,
+    `transport`: the process's outbound transport (none: one for this pull).
+    `mirrors`: registries tried before the reference's own (`sources`)."""
+    async with first_source(
+        sources(ref, mirrors or [], plain_http=plain_http),
+        store,
+        full_check=full_check,
         transport=transport,
-        plain_http=plain_http,
         tls=tls,
         creds=creds,
         limits=limits,
         max_rate=max_rate,
-    ) as client:
-        plan = await plan_pull(client, store, full_check=full_check)
+    ) as (client, plan):
         if on_plan:
             on_plan(plan)
         return await execute_pull(

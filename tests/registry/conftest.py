@@ -43,7 +43,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_registry(root: Path, extra_config: str = "") -> tuple[subprocess.Popen[bytes], RegistryServer]:
+def start_registry(
+    root: Path, extra_config: str = "", *, access_log: bool = False
+) -> tuple[subprocess.Popen[bytes], RegistryServer]:
+    """`access_log`: one line per request in `server.log`, with the bytes sent (what a test
+    counts to learn how often the registry served a blob)."""
     port = free_port()
     storage = root / "storage"
     storage.mkdir(parents=True, exist_ok=True)
@@ -53,7 +57,7 @@ def start_registry(root: Path, extra_config: str = "") -> tuple[subprocess.Popen
 log:
   level: warn
   accesslog:
-    disabled: true
+    disabled: {str(not access_log).lower()}
 storage:
   filesystem:
     rootdirectory: {storage}

@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edge_agent.model_sync import ModelSync, ModelSyncConfig, versioned_name
+from edge_agent.model_sync import ModelSync, ModelSyncConfig, seconds_until_window, versioned_name
 from registry.artifact import canonical_json, sha256_digest
 from registry.auth import Credentials
-from registry.errors import DigestMismatch, RegistryUnavailable
+from registry.errors import DigestMismatch, RegistryError, RegistryUnavailable
 from registry.push import BlobSource, RemoteRepository
 from registry.reference import Reference
 from simulators.ollama import OllamaSimConfig, OllamaSimulator
@@ -270,3 +270,38 @@ async def wait_for(condition) -> None:  # type: ignore[no-untyped-def]
     while not condition():
         assert time.monotonic() < deadline, "condition never held"
         await asyncio.sleep(0.005)
+
+
+def test_download_window_math_wraps_past_midnight() -> None:
+    import datetime
+
+    at = datetime.datetime(2026, 1, 5, 12, 0)
+    assert seconds_until_window("22:00-06:00", at) == 10 * 3600
+    assert seconds_until_window("22:00-06:00", at.replace(hour=23)) == 0
+    assert seconds_until_window("22:00-06:00", at.replace(hour=5, minute=59)) == 0
+    assert seconds_until_window("09:00-17:00", at) == 0
+    assert seconds_until_window("13:30-14:00", at) == 5400
+
+
+async def test_downloads_wait_for_the_window_while_the_current_model_serves(
+    ollama, versions, tmp_path: Path
+) -> None:
+    import datetime
+
+    await make_sync(ollama, tmp_path, versions["v1"]).sync_once()
+    now = datetime.datetime.now()
+    closed = f"{(now + datetime.timedelta(hours=2)):%H:%M}-{(now + datetime.timedelta(hours=3)):%H:%M}"
+    sync = make_sync(ollama, tmp_path, None, download_window=closed)
+    sync.set_desired(str(versions["v3"]))  # one changed tensor: bytes to download
+    task = asyncio.create_task(sync.sync_once())
+    await wait_for(lambda: sync.status()["waiting_for_download_window"])
+    assert not any((sync.store.root / "partial/sha256").iterdir())
+    assert await template_of(ollama, SERVED) == "T1 {{ .Prompt }}"
+    await sync.stop()
+    with pytest.raises(RegistryError, match="download window"):
+        await task
+
+
+def test_a_mirror_that_is_not_a_url_is_refused_in_the_config(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"mirror 'mirror\.local:5000' must be http"):
+        ModelSyncConfig(served_name="x:y", store_dir=tmp_path, mirrors=["mirror.local:5000"])
