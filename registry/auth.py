@@ -170,6 +170,11 @@ class RegistryAuth:
         self._header: str | None = f"Bearer {creds.token}" if creds.token else None
 
     @property
+    def source(self) -> str:
+        """Where the credentials came from (`Credentials.source`; "none" without any)."""
+        return self._creds.source
+
+    @property
     def header(self) -> str | None:
         """The Authorization header that last worked, if any."""
         return self._header

@@ -27,6 +27,7 @@ from tandem import logs
 from tandem.transport import HttpClient, Transport
 
 F = TypeVar("F", bound=Callable[..., Any])
+INTERNAL_ERROR = 70  # EX_SOFTWARE
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.I)
 
@@ -104,6 +105,14 @@ def _run(as_json: bool, fn: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted; a later pull resumes where this one stopped", err=True)
         sys.exit(130)
+    except Exception as exc:  # a bug of ours or a library's: one line, the details in the log
+        logs.get_logger("registry.cli").debug("internal_error", exc_info=True)
+        message = f"internal error: {type(exc).__name__}: {exc} (details: TANDEM_LOG_LEVEL=DEBUG)"
+        if as_json:
+            click.echo(json.dumps({"error": message, "kind": "InternalError"}))
+        else:
+            Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        sys.exit(INTERNAL_ERROR)
 
 
 def common(f: F) -> F:

@@ -47,6 +47,7 @@ from registry.errors import (
     ManifestRejected,
     RegistryUnavailable,
     status_error,
+    tls_hint,
 )
 from registry.http import MAX_ERROR_BODY, RegistryHttp
 from registry.progress import Progress
@@ -255,7 +256,7 @@ class BlobFetcher:
             try:
                 resp = await self._http.get(url, headers)
             except (Unreachable, TimeoutError) as exc:
-                raise _Transient(f"cannot reach {self._registry}: {exc}") from None
+                raise _Transient(tls_hint(f"cannot reach {self._registry}: {exc}")) from None
             try:
                 have, hasher = await self._accept(resp, transfer, store, have, hasher)
                 with disk_errors("downloading a layer"):
@@ -277,7 +278,13 @@ class BlobFetcher:
             await resp.drain(MAX_ERROR_BODY)
             store.discard_partial(digest)
             raise _Transient("registry refused the resume range; restarting the layer")
-        err = status_error(resp.status, f"layer {digest}", self._registry, self._repository)
+        err = status_error(
+            resp.status,
+            f"layer {digest}",
+            self._registry,
+            self._repository,
+            credentials_from=self._http.auth.source,
+        )
         if err is not None:
             await resp.drain(MAX_ERROR_BODY)
             if isinstance(err, RegistryUnavailable):

@@ -75,6 +75,8 @@ class RichProgress:
     def __exit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if et is not None:
+            self._bars.live.transient = True  # a failure is reported in one line: no bars left above it
         self._bars.stop()
 
     def note(self, text: str) -> None:

@@ -61,6 +61,7 @@ from registry.errors import (
     RegistryUnavailable,
     SignatureRejected,
     status_error,
+    tls_hint,
 )
 from registry.http import MAX_ERROR_BODY, RegistryHttp, read_capped
 from registry.progress import NullProgress, Progress
@@ -235,13 +236,15 @@ class RegistryClient:
     ) -> tuple[Any, bytes]:
         try:
             resp = await self.http.get(url, headers)
-            err = status_error(resp.status, what, self.ref.registry, self.ref.repository)
+            err = status_error(
+                resp.status, what, self.ref.registry, self.ref.repository, credentials_from=self._auth.source
+            )
             if err is not None:
                 await resp.drain(MAX_ERROR_BODY)
                 raise err
             return resp.headers, await read_capped(resp, cap, what)
         except (Unreachable, TimeoutError) as exc:
-            raise RegistryUnavailable(f"cannot reach {self.ref.registry}: {exc}") from None
+            raise RegistryUnavailable(tls_hint(f"cannot reach {self.ref.registry}: {exc}")) from None
 
     async def manifest(self, target: str) -> tuple[bytes, str]:
         """The raw manifest and its verified digest."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -46,7 +47,15 @@ from registry.artifact import (
 )
 from registry.auth import Credentials, oras_registry, resolve_credentials
 from registry.chunking import DEFAULT_MAX_CHUNK, ChunkedFile, Part, chunk_file
-from registry.errors import AuthFailed, BadModelFile, NotFound, RegistryError, RegistryUnavailable
+from registry.errors import (
+    AuthFailed,
+    BadModelFile,
+    NotFound,
+    RegistryError,
+    RegistryUnavailable,
+    auth_hint,
+    tls_hint,
+)
 from registry.gguf_header import GGUF_MAGIC
 from registry.progress import NullProgress, Progress
 from registry.reference import Reference
@@ -338,7 +347,12 @@ class RemoteRepository:
         self._oras = oras_registry(ref.registry, creds, plain_http=plain_http)
         self._do = oras.provider.Registry.do_request.__wrapped__
         self._base = f"{'http' if plain_http else 'https'}://{ref.registry}/v2/{ref.repository}"
-        self._basic = creds.basic if type(self._oras.auth).__name__ == "BasicAuth" else None
+        basic_backend = type(self._oras.auth).__name__ == "BasicAuth"
+        self._basic = creds.basic if basic_backend else None
+        self._creds_source = creds.source
+        # oras-py's Basic backend crashes (AttributeError) answering a challenge it has no
+        # credentials for; without any, requests go out bare and a 401 is ours to report.
+        self._bare = basic_backend and self._basic is None and not creds.token
 
     @retry(
         retry=retry_if_exception_type(_Retryable),
@@ -353,16 +367,24 @@ class RemoteRepository:
         if self._basic:
             headers["Authorization"] = f"Basic {self._basic}"  # saves a 401 round trip per request
         try:
-            resp: requests.Response = self._do(self._oras, url, method, data=data, headers=headers)
+            resp: requests.Response = (
+                self._oras.session.request(method, url, data=data, headers=headers)
+                if self._bare
+                else self._do(self._oras, url, method, data=data, headers=headers)
+            )
+        except requests.exceptions.SSLError as exc:
+            raise RegistryUnavailable(tls_hint(f"cannot reach {self.ref.registry}: {_reason(exc)}")) from None
         except requests.ConnectionError as exc:
             raise _Retryable(f"cannot reach {self.ref.registry}: {exc.__class__.__name__}") from None
         except requests.RequestException as exc:
             raise RegistryUnavailable(f"{self.ref.registry}: {exc}") from None
-        except ValueError as exc:  # oras: "Cannot respond to request for authentication."
-            raise AuthFailed(f"{self.ref.registry} asked for credentials we do not have ({exc})") from None
+        except ValueError:  # oras: "Cannot respond to request for authentication."
+            hint = auth_hint(self.ref.registry, self._creds_source)
+            raise AuthFailed(f"{self.ref.registry} asked for credentials: {hint}") from None
         if resp.status_code in (401, 403):
             raise AuthFailed(
-                f"{self.ref.registry} refused access to {self.ref.repository} (HTTP {resp.status_code})"
+                f"{self.ref.registry} refused access to {self.ref.repository} (HTTP {resp.status_code}); "
+                + auth_hint(self.ref.registry, self._creds_source)
             )
         if resp.status_code >= 500:
             raise _Retryable(f"{self.ref.registry} answered HTTP {resp.status_code} to {method}")
@@ -464,6 +486,13 @@ class RemoteRepository:
         if not loc:
             raise RegistryError(f"{self.ref.registry} started an upload without a Location header")
         return str(self._oras._get_location(resp, self._oras.get_container(str(self.ref))))
+
+
+def _reason(exc: Exception) -> str:
+    """The innermost cause of a requests error (e.g. `[SSL: WRONG_VERSION_NUMBER] ...`)."""
+    text = str(exc)
+    found = re.search(r"\[SSL: [A-Z_]+\][a-z ]*", text)
+    return found.group(0).strip() if found else exc.__class__.__name__
 
 
 def _with_digest(location: str, digest: str) -> str:
