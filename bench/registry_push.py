@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import statistics
 import struct
 import subprocess
@@ -36,15 +37,19 @@ from registry.pull import pull_model
 from registry.push import ModelFiles, push_model
 from registry.reference import parse_reference
 from registry.store import Store
+from tandem import logs
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
 
 
-def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS (bytes) and stdout of `cmd` run under /usr/bin/time -v."""
+def timed(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> tuple[float, int, str]:
+    """Wall seconds, peak RSS (bytes) and stdout of `cmd` run under /usr/bin/time -v (in
+    `cwd`: `python -m` puts it first on the path, so it decides which code runs)."""
     started = time.monotonic()
-    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env, check=False)
+    proc = subprocess.run(
+        ["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env, cwd=cwd, check=False
+    )
     wall = time.monotonic() - started
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[:4]} failed ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -75,6 +80,7 @@ def push_figures(gguf: Path, runs: int, work: Path, before: Path | None) -> list
         finally:
             proc.terminate()
             proc.wait()
+            shutil.rmtree(work / f"reg-{gguf.stem}-{run}", ignore_errors=True)
     lines = [
         f"### `{gguf.name}`: {size / MiB:.0f} MiB, {runs} runs",
         "",
@@ -95,7 +101,7 @@ def push_figures(gguf: Path, runs: int, work: Path, before: Path | None) -> list
         proc, host = start_registry(work / f"reg-{gguf.stem}-before")
         try:
             env = {**os.environ, "PYTHONPATH": str(before)}
-            wall, rss, _ = timed(push_cmd(f"{host}/models/bench:v1", gguf), env=env)
+            wall, rss, _ = timed(push_cmd(f"{host}/models/bench:v1", gguf), env=env, cwd=before)
             base = statistics.median(v[0] for v in rows["sha256sum"])
             lines.append(
                 f"| push, code before this work (1 run) | {wall:.2f} | {wall / base:.2f}x | {rss / MiB:.0f} |"
@@ -195,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--before", type=Path, default=None, help="checkout of the code before")
     parser.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp dir)")
     args = parser.parse_args(argv)
+    logs.configure(level="WARNING", stream=sys.stderr)  # stdout is the report
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         work = Path(tmp)
         out: list[str] = [f"load average at start: {os.getloadavg()[0]:.1f}", ""]
