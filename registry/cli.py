@@ -143,7 +143,7 @@ def model() -> None:
 @click.option("--adapter", type=click.Path(path_type=Path), help="A LoRA adapter (GGUF).")
 @click.option("--chunk-size", type=SIZE, default="64MiB", show_default=True, help="Largest weights layer.")
 @click.option(
-    "--upload-chunk", type=SIZE, default="16MiB", show_default=True, help="Bytes per upload request."
+    "--upload-chunk", type=SIZE, default="64MiB", show_default=True, help="Bytes per upload request."
 )
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
 @click.option(

@@ -19,7 +19,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +70,7 @@ from registry.signature import (
 
 log = structlog.get_logger("registry.push")
 
-DEFAULT_UPLOAD_CHUNK = 16 << 20
+DEFAULT_UPLOAD_CHUNK = 64 << 20  # bytes per PATCH; streamed from the file, so not held in memory
 # How the weights file is cut (the config records it; pulling does not depend on it):
 # 1: the GGUF header as one layer; 2: the header cut into pieces (`gguf_chunks.header_spans`).
 PACKING = 2
@@ -361,7 +361,12 @@ class RemoteRepository:
         reraise=True,
     )
     def request(
-        self, method: str, url: str, *, data: bytes | None = None, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        url: str,
+        *,
+        data: bytes | _FileSlice | None = None,
+        headers: dict[str, str] | None = None,
     ) -> requests.Response:
         headers = dict(headers or {})
         if self._basic:
@@ -446,38 +451,38 @@ class RemoteRepository:
         return sorted(tags)
 
     def upload(self, blob: BlobSource, chunk: int, on_bytes: Callable[[int], None]) -> None:
-        """Monolithic PUT for small blobs, POST/PATCH.../PUT for large ones; memory <= `chunk`."""
+        """One PUT for blobs up to `chunk` bytes, PATCHes of `chunk` bytes for larger ones;
+        bodies are streamed from the file (memory: a 1 MiB piece per upload)."""
         resp = self.call("POST", f"{self._base}/blobs/uploads/", headers={"Content-Length": "0"})
         _expect(resp, (202,), "start upload")
         location = self._location(resp)
         if blob.size <= chunk:
-            data = _read(blob, 0, blob.size)
             resp = self.call(
                 "PUT",
                 _with_digest(location, blob.digest),
-                data=data,
-                headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data))},
+                data=_FileSlice(blob, 0, blob.size),
+                headers={"Content-Type": "application/octet-stream", "Content-Length": str(blob.size)},
             )
             _expect(resp, (201,), f"upload {blob.digest[:19]}")
             on_bytes(blob.size)
             return
         sent = 0
         while sent < blob.size:
-            data = _read(blob, sent, min(chunk, blob.size - sent))
+            n = min(chunk, blob.size - sent)
             resp = self.call(
                 "PATCH",
                 location,
-                data=data,
+                data=_FileSlice(blob, sent, n),  # streamed from the file: no `chunk` bytes in memory
                 headers={
                     "Content-Type": "application/octet-stream",
-                    "Content-Range": f"{sent}-{sent + len(data) - 1}",
-                    "Content-Length": str(len(data)),
+                    "Content-Range": f"{sent}-{sent + n - 1}",
+                    "Content-Length": str(n),
                 },
             )
             _expect(resp, (202,), f"upload chunk of {blob.digest[:19]}")
             location = self._location(resp)
-            sent += len(data)
-            on_bytes(len(data))
+            sent += n
+            on_bytes(n)
         resp = self.call("PUT", _with_digest(location, blob.digest), headers={"Content-Length": "0"})
         _expect(resp, (201,), f"finish upload of {blob.digest[:19]}")
 
@@ -499,16 +504,33 @@ def _with_digest(location: str, digest: str) -> str:
     return f"{location}{'&' if '?' in location else '?'}digest={digest}"
 
 
-def _read(blob: BlobSource, start: int, n: int) -> bytes:
-    if blob.data is not None:
-        return blob.data[start : start + n]
-    assert blob.path is not None
-    with blob.path.open("rb") as f:
-        f.seek(blob.offset + start)
-        data = f.read(n)
-    if len(data) != n:
-        raise BadModelFile(f"{blob.path} changed while it was being pushed")
-    return data
+class _FileSlice:
+    """`size` bytes of a blob's file from `start`, as an iterable body: requests sends it
+    1 MiB at a time (memory per upload: one piece, not one upload chunk), and each iteration
+    reads afresh, so a retried request sends the same bytes again."""
+
+    _PIECE = 1 << 20
+
+    def __init__(self, blob: BlobSource, start: int, size: int) -> None:
+        self._blob, self._start, self._size = blob, start, size
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._blob.data is not None:
+            yield self._blob.data[self._start : self._start + self._size]
+            return
+        assert self._blob.path is not None
+        with self._blob.path.open("rb") as f:
+            f.seek(self._blob.offset + self._start)
+            left = self._size
+            while left:
+                piece = f.read(min(self._PIECE, left))
+                if not piece:
+                    raise BadModelFile(f"{self._blob.path} changed while it was being pushed")
+                left -= len(piece)
+                yield piece
 
 
 def _expect(resp: requests.Response, ok: tuple[int, ...], what: str) -> None:

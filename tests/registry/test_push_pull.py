@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from registry.artifact import sha256_digest
 from registry.cli import model
 from registry.pull import PullPlan
-from registry.push import ModelFiles, pack
+from registry.push import ModelFiles, pack, push_model
 from registry.store import Store
 from tests.registry.conftest import make_gguf
 from tests.registry.helpers import CHUNK, pull, push, same_file, text_file
@@ -192,3 +192,13 @@ def test_cli_json_stays_clean_whatever_logging_the_process_had(model_ref, gguf_f
         structlog.reset_defaults()
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout)["digest"].startswith("sha256:")
+
+
+async def test_blobs_larger_than_the_upload_chunk_arrive_whole_in_several_patches(
+    model_ref, tmp_path: Path
+) -> None:
+    gguf = make_gguf(tmp_path / "m.gguf", seed=17)
+    pushed = push_model(model_ref, ModelFiles(gguf), plain_http=True, max_chunk=CHUNK, upload_chunk=100_000)
+    assert pushed.uploaded_blobs > 1
+    result = await pull(model_ref, Store(tmp_path / "store"))
+    assert same_file(result.weights_path, gguf)
