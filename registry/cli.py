@@ -385,6 +385,43 @@ def gc(store_dir: Path | None, as_json: bool) -> None:
     _run(as_json, body)
 
 
+@model.command()
+@click.option(
+    "--store", "store_dir", type=click.Path(path_type=Path), default=None, help="The mirror's store."
+)
+@click.option("--upstream", required=True, help="http(s)://HOST[:PORT] of the central registry.")
+@click.option("--listen", default="0.0.0.0:5000", show_default=True, help="HOST:PORT to serve on.")
+@click.option("--max-rate", type=SIZE, default=None, help="Cap on the upstream bandwidth, bytes/s.")
+def mirror(store_dir: Path | None, upstream: str, listen: str, max_rate: int | None) -> None:
+    """Serve the factory's edges from a local store, filled from UPSTREAM on demand.
+
+    Read-only OCI registry API; each blob crosses the WAN once however many edges ask
+    together. Edges list it first: model_sync.mirrors or `pull --mirror http://HOST:PORT`.
+    """
+    from registry.errors import BadReference
+    from registry.mirror import StoreMirror, serve
+    from registry.pull import parse_mirror
+    from registry.store import Store
+
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
+    try:
+        parse_mirror(upstream)
+    except BadReference as exc:
+        message = exc.message.replace("mirror", "upstream", 1)
+        raise click.BadParameter(message, param_hint="--upstream") from None
+
+    async def go() -> None:
+        async with _transport() as transport:
+            mirror = StoreMirror(
+                Store(store_dir or default_store()), upstream, transport=transport, max_rate=max_rate
+            )
+            await serve(mirror, host.strip("[]"), int(port))
+
+    _run(False, lambda: asyncio.run(go()))
+
+
 def _sync_state_versions(path: Path) -> set[str]:
     """The current and previous versions an edge's `ModelSync` serves from this store."""
     try:
