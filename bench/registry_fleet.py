@@ -9,7 +9,8 @@ Prints markdown:
    streamed from the chunks (the default), and with the file reassembled first
    (`keep_weights_file`: what every sync did before, and what `require_signature` does);
 2. bytes the central registry served (its access log) when `--edges` edges pull the model
-   through a pull-through-cache mirror: all at once, and one first then the rest at once.
+   through one mirror (distribution's pull-through cache, and `tandem model mirror`): all
+   at once, and one first then the rest at once.
 
 Starts Debian's `docker-registry` (central, and a mirror in proxy mode) on free ports.
 """
@@ -30,12 +31,14 @@ from pathlib import Path
 from bench.registry_pull import start_registry
 from edge_agent.model_sync import ModelSync, ModelSyncConfig
 from registry.gguf_chunks import read_gguf
+from registry.mirror import StoreMirror, serve
 from registry.pull import pull_model
 from registry.push import ModelFiles, push_model
 from registry.reference import parse_reference
 from registry.store import Store
 from simulators.ollama import OllamaSimConfig, OllamaSimulator
 from tandem import logs
+from tandem.transport import HttpClient, Transport
 
 MiB = 1 << 20
 _BLOB_GET = re.compile(r'"GET /v2/[^ ]+/blobs/(sha256:[0-9a-f]{64}) HTTP/[0-9.]+" (\d{3}) (\d+)')
@@ -142,15 +145,26 @@ async def settle(log: Path) -> None:
         await asyncio.sleep(0.5)
 
 
-async def mirror_run(gguf: Path, root: Path, edges: int, first_alone: bool) -> int:
-    """Blob bytes the central registry served for `edges` pulls through one mirror."""
+async def mirror_run(gguf: Path, root: Path, edges: int, first_alone: bool, kind: str) -> int:
+    """Blob bytes the central registry served for `edges` pulls through one mirror of `kind`
+    ("distribution": a pull-through cache; "tandem": `tandem model mirror`)."""
     log = root / "central.log"
     procs = []
+    mirror_task: asyncio.Task[None] | None = None
+    transport = Transport(HttpClient())
     try:
         proc, central = start_registry(root / "central", access_log=log)
         procs.append(proc)
-        proc, mirror = start_registry(root / "mirror", extra=f"proxy: {{remoteurl: 'http://{central}'}}\n")
-        procs.append(proc)
+        if kind == "distribution":
+            proc, mirror = start_registry(
+                root / "mirror", extra=f"proxy: {{remoteurl: 'http://{central}'}}\n"
+            )
+            procs.append(proc)
+        else:
+            bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            store_mirror = StoreMirror(Store(root / "mirror"), f"http://{central}", transport=transport)
+            mirror_task = asyncio.create_task(serve(store_mirror, "127.0.0.1", 0, ready=bound.set_result))
+            mirror = f"127.0.0.1:{await bound}"
         ref = parse_reference(f"{central}/models/fleet:v1")
         push_model(ref, ModelFiles(gguf), plain_http=True)
         await settle(log)
@@ -166,6 +180,11 @@ async def mirror_run(gguf: Path, root: Path, edges: int, first_alone: bool) -> i
         await settle(log)
         return served(log) - base
     finally:
+        if mirror_task is not None:
+            mirror_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await mirror_task
+        await transport.close()
         for p in procs:
             p.terminate()
             p.wait()
@@ -173,18 +192,21 @@ async def mirror_run(gguf: Path, root: Path, edges: int, first_alone: bool) -> i
 
 async def mirror_figures(gguf: Path, size: int, work: Path, edges: int) -> list[str]:
     lines = [
-        f"### Factory mirror: {edges} edges pull `{gguf.name}` ({size / MiB:.0f} MiB) through a "
-        "pull-through cache",
+        f"### Factory mirror: {edges} edges pull `{gguf.name}` ({size / MiB:.0f} MiB) through one mirror",
         "",
-        "| edges | central registry served (blob bytes) | per edge |",
-        "|---|---|---|",
+        "| mirror | edges | central registry served (blob bytes) | per edge |",
+        "|---|---|---|---|",
     ]
-    for label, first_alone in (("all at once", False), ("one, then the rest at once", True)):
-        total = await mirror_run(gguf, work / f"mirror-{first_alone}", edges, first_alone)
-        lines.append(
-            f"| {edges}, {label} | {total / MiB:.0f} MiB ({total / size:.2f}x the model) "
-            f"| {total / size / edges:.2f}x |"
-        )
+    for kind, label in (
+        ("distribution", "distribution 2.8 pull-through cache"),
+        ("tandem", "`tandem model mirror`"),
+    ):
+        for when, first_alone in (("all at once", False), ("one, then the rest at once", True)):
+            total = await mirror_run(gguf, work / f"mirror-{kind}-{first_alone}", edges, first_alone, kind)
+            lines.append(
+                f"| {label} | {edges}, {when} | {total / MiB:.0f} MiB ({total / size:.2f}x the model) "
+                f"| {total / size / edges:.2f}x |"
+            )
     return [*lines, ""]
 
 

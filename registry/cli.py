@@ -15,7 +15,7 @@ import re
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
@@ -24,7 +24,9 @@ from rich.table import Table
 from registry.errors import RegistryError
 from registry.reference import Reference, parse_reference
 from tandem import logs
-from tandem.transport import HttpClient, Transport
+
+if TYPE_CHECKING:  # aiohttp is imported by the commands that use it: `push` starts faster
+    from tandem.transport import Transport
 
 F = TypeVar("F", bound=Callable[..., Any])
 INTERNAL_ERROR = 70  # EX_SOFTWARE
@@ -74,6 +76,8 @@ def _quiet_logs() -> None:
 @contextlib.asynccontextmanager
 async def _transport() -> AsyncIterator[Transport]:
     """The command's one outbound transport (proxies from HTTPS_PROXY / NO_PROXY), closed after."""
+    from tandem.transport import HttpClient, Transport
+
     transport = Transport(HttpClient())
     try:
         yield transport
