@@ -150,7 +150,9 @@ class _Writer:
         if failed is not None:
             failed.result()  # a disk error surfaces here
         if backlog >= _MAX_PENDING and job is not None:
-            await asyncio.wrap_future(job)  # the reader waits for the disk
+            # The reader waits for the disk. Shielded: a cancelled reader must not cancel a
+            # worker that has not started yet (it would never run, and `_job` never clear).
+            await asyncio.shield(asyncio.wrap_future(job))
 
     async def flush(self) -> None:
         """Everything received is hashed and on disk, in order. Also after a cancellation
@@ -158,9 +160,14 @@ class _Writer:
         was received is a valid prefix for the next resume."""
         try:
             while (job := self._job) is not None:
-                await asyncio.wrap_future(job)
+                await asyncio.shield(asyncio.wrap_future(job))
         finally:
             while (job := self._job) is not None:
+                if job.cancel():  # not started: its pieces are written just below, here
+                    with self._lock:
+                        if self._job is job:
+                            self._job = None
+                    break
                 concurrent.futures.wait([job])
             if self._failed is not None:
                 self._failed.result()
