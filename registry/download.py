@@ -225,6 +225,7 @@ class BlobFetcher:
                         "the registry's copy is corrupt, re-push it"
                     ) from None
                 log.warning("blob_rejected_refetching", digest=digest, reason=mismatch.reason)
+                progress.restart(digest, size)
                 on_refetch()
                 continue
             with disk_errors("storing a layer"):

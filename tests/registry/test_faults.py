@@ -178,3 +178,20 @@ async def test_push_force_repairs_a_blob_damaged_in_the_registry(
     assert repaired.uploaded == [digest]  # every other blob was read back and found intact
     result = await pull(model_ref, Store(tmp_path / "store"))
     assert same_file(result.weights_path, gguf)
+
+
+def test_a_refetch_grows_the_progress_total_instead_of_overflowing_it() -> None:
+    import io
+
+    from rich.console import Console
+
+    from registry.progress import RichProgress
+
+    progress = RichProgress(100, "pull", Console(file=io.StringIO()))
+    with progress:
+        progress.start("layer", "layer", 40)
+        progress.advance("layer", 40)
+        progress.restart("layer", 40)  # the 40 bytes were damaged: they move again
+        progress.advance("layer", 40)
+        overall = progress._bars.tasks[0]
+        assert (overall.completed, overall.total) == (80, 140)
