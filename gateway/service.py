@@ -47,10 +47,12 @@ from tandem.errors import (
 from tandem.logs import get_logger, new_request_id
 from tandem.metrics import Metrics
 from tandem.routing.decide import route
+from tandem.tracing import NO_SPAN, Span, Tracing
 from tandem.transport import Transport
 from tandem.wire import openai as wire
 
 if TYPE_CHECKING:
+    from gateway.fleet import EdgeStatus
     from gateway.state import Grant, SharedState, Tenant
 
 log = get_logger("tandem.gateway")
@@ -70,11 +72,13 @@ class Admission:
 
     def take_upstream(self, upstream: Upstream) -> None:
         self.service._upstream_load[upstream.id] = self.service._upstream_load.get(upstream.id, 0) + 1
+        self.service.metrics.upstream_in_flight.labels(upstream.label).inc()
         self.upstream = upstream
 
     def drop_upstream(self) -> None:
         if self.upstream is not None:
             self.service._upstream_load[self.upstream.id] -= 1
+            self.service.metrics.upstream_in_flight.labels(self.upstream.label).dec()
             self.upstream = None
 
     def enter(self, pool: str) -> None:
@@ -107,6 +111,9 @@ class ActiveStream:
     _rest: AsyncGenerator[list[Chunk], None]
     _admission: Admission
     _service: GatewayService
+    _span: Span = NO_SPAN  # the engine attempt that answers: it ends with the stream
+    tenant: str | None = None
+    usage: Usage | None = None  # the engine's, once its usage chunk has arrived
     _started: float = field(default_factory=time.perf_counter)
 
     async def batches(self) -> AsyncGenerator[list[Chunk], None]:
@@ -121,6 +128,7 @@ class ActiveStream:
         except StreamBroken as exc:
             assert self._admission.upstream is not None
             self._service.balancer.failed(self._admission.upstream, status=None, error=str(exc))
+            self._span.fail(f"the engine failed mid-stream: {exc}")
             raise UpstreamFailed(f"the engine failed mid-stream: {exc}") from None
         finally:
             await self.close()
@@ -129,12 +137,16 @@ class ActiveStream:
         usage = batch[-1].usage if batch else None  # usage comes last, after the final answer chunk
         if usage is not None:
             self._admission.used_tokens = usage.total_tokens
+            self.usage = usage
 
     async def close(self) -> None:
         # Closing the generator releases the upstream connection when the caller went away.
         with contextlib.suppress(Exception):
             await self._rest.aclose()
+        if not self._admission.released and self.usage is not None:
+            self._service.metrics.used(self.decision, self.usage, self.tenant)
         self._admission.release()
+        self._span.end()
 
 
 class GatewayService:
@@ -177,7 +189,12 @@ class GatewayService:
         self._idle = asyncio.Event()
         self._idle.set()
         self.draining = False
+        # Told of every request's route once it is decided, and of every edge's heartbeat once
+        # stored: the ops page's history of routes (`gateway/ops`).
+        self.route_listeners: list[Callable[[RouteDecision], None]] = []
+        self.heartbeat_listeners: list[Callable[[EdgeStatus], None]] = []
         self.elastic = ElasticPools(config, balancer, self.transport, self.metrics, self._upstream_load)
+        self.tracing = Tracing(config.tracing, "tandem-gateway")
 
     async def start(self) -> None:
         await self.state.start()
@@ -187,6 +204,7 @@ class GatewayService:
         await self.elastic.stop()
         await self.transport.close()
         await self.state.close()
+        self.tracing.shutdown()
 
     # --- decisions -------------------------------------------------------------------------
 
@@ -208,7 +226,7 @@ class GatewayService:
             raise PermissionDenied(
                 f"this API key's tenant ({tenant.name}) may not use the model `{req.model}`"
             )
-        decision = route(req, context_limit=asked.context_length)
+        decision = route(req, context_limit=asked.context_length, prefer=asked.prefer)
         pool = asked
         if decision.mode is Mode.NON_THINKING and asked.non_thinking_pool:
             pool = self.pool_for(asked.non_thinking_pool)
@@ -279,7 +297,8 @@ class GatewayService:
         for ignore_cooldowns in (False, True):
             for pool in pools:
                 while len(tried[pool]) < attempts:
-                    upstream = await self._choose(pool, tried[pool], ignore_cooldowns=ignore_cooldowns)
+                    with self.tracing.span("pool.choose", attributes={"tandem.pool": pool}):
+                        upstream = await self._choose(pool, tried[pool], ignore_cooldowns=ignore_cooldowns)
                     if upstream is None:
                         break
                     if not first:
@@ -386,11 +405,16 @@ class GatewayService:
         `on_hold` is awaited once, when the request starts waiting for the pool to have an
         endpoint (a face may start its answer then and keep the caller's connection alive).
         """
-        decision, pool = self.decide(req, tenant)
+        with self.tracing.span("route.decide") as span:
+            decision, pool = self.decide(req, tenant)
+            span.set("tandem.route", decision.header())
         admission = self._admit()
+        for listener in self.route_listeners:
+            listener(decision)
         failures: list[AttemptFailed] = []
         try:
-            admission.grant = await self.limits.acquire(tenant, decision.estimated_tokens)
+            with self.tracing.span("limits.admit"):
+                admission.grant = await self.limits.acquire(tenant, decision.estimated_tokens)
             admission.enter(decision.pool)
             hold_until: float | None = None
             while True:
@@ -404,7 +428,8 @@ class GatewayService:
                     hold_until = asyncio.get_running_loop().time() + pool.cold_start.timeout_seconds
                     if on_hold is not None:
                         await on_hold(decision)
-                await self.elastic.hold(pool, hold_until)
+                with self.tracing.span("pool.hold", attributes={"tandem.pool": pool.name}):
+                    await self.elastic.hold(pool, hold_until)
                 failures.clear()
         except BaseException:
             admission.release()
@@ -423,12 +448,20 @@ class GatewayService:
         async with self._attempts(decision, admission) as attempts:
             async for upstream in attempts:
                 started = time.perf_counter()
+                span = self.tracing.start(
+                    "engine.attempt",
+                    kind="client",
+                    attributes={"tandem.pool": upstream.pool, "tandem.endpoint": upstream.label},
+                )
+                trace_headers: dict[str, str] = {}
+                self.tracing.inject(trace_headers, span)
                 try:
                     resp = await self.relay.open(
                         upstream,
                         self._body(req, decision, upstream, stream=True),
                         first_byte_timeout=router.first_token_timeout_seconds,
                         total_timeout=router.timeout_seconds,
+                        headers=trace_headers,
                     )
                     rest = stream_chunks(resp)
                     try:
@@ -441,8 +474,13 @@ class GatewayService:
                         await rest.aclose()
                         raise AttemptFailed(f"{upstream.id}: {exc}") from None
                 except AttemptFailed as exc:
+                    span.fail(exc.message)
+                    span.end()
                     self._fail(upstream, exc, failures)
                     continue
+                except BaseException:
+                    span.end()
+                    raise
                 latency = time.perf_counter() - started
                 self._succeeded(upstream, latency)
                 self.metrics.first_token.observe(latency)
@@ -456,6 +494,8 @@ class GatewayService:
                     _rest=rest,
                     _admission=admission,
                     _service=self,
+                    _span=span,
+                    tenant=req.tenant,
                 )
         return None
 
@@ -473,6 +513,10 @@ class GatewayService:
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    def upstream_in_flight(self, upstream_id: str) -> int:
+        """This gateway's requests on one endpoint now."""
+        return self._upstream_load.get(upstream_id, 0)
 
 
 def _request_error(exc: AttemptFailed) -> TandemError:

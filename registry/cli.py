@@ -24,6 +24,7 @@ from rich.table import Table
 from registry.errors import RegistryError
 from registry.reference import Reference, parse_reference
 from tandem import logs
+from tandem.command_errors import CommandFailed
 
 if TYPE_CHECKING:  # aiohttp is imported by the commands that use it: `push` starts faster
     from tandem.transport import Transport
@@ -103,20 +104,20 @@ def _run(as_json: bool, fn: Callable[[], None]) -> None:
     except RegistryError as exc:
         if as_json:
             click.echo(json.dumps({"error": exc.message, "kind": type(exc).__name__}))
-        else:
-            Console(stderr=True).print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+            sys.exit(exc.exit_code)
+        raise CommandFailed(exc.message, exit_code=exc.exit_code) from None
     except KeyboardInterrupt:
         click.echo("interrupted; a later pull resumes where this one stopped", err=True)
         sys.exit(130)
+    except click.ClickException:
+        raise  # a usage error: click reports it
     except Exception as exc:  # a bug of ours or a library's: one line, the details in the log
         logs.get_logger("registry.cli").debug("internal_error", exc_info=True)
         message = f"internal error: {type(exc).__name__}: {exc} (details: TANDEM_LOG_LEVEL=DEBUG)"
         if as_json:
             click.echo(json.dumps({"error": message, "kind": "InternalError"}))
-        else:
-            Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-        sys.exit(INTERNAL_ERROR)
+            sys.exit(INTERNAL_ERROR)
+        raise CommandFailed(message, exit_code=INTERNAL_ERROR) from None
 
 
 def common(f: F) -> F:
