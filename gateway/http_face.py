@@ -224,8 +224,10 @@ def build_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    ops.install(app, service)
+    from gateway.batch.ops_source import ActiveBatches
     from gateway.batch.routes import add_routes, add_unavailable_routes
+
+    ops.install(app, service, ActiveBatches(batches.jobs) if batches is not None else None)
 
     if batches is not None:
         add_routes(app, batches)

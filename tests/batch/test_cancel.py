@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from gateway.batch.ops_source import ActiveBatches
 from gateway.state.tenants import RedisTenants
 from simulators.vllm import VllmModel, VllmSimConfig, VllmSimulator
 from tests.batch.conftest import StartGateway, jsonl, new_key, request_line, sdk, until
@@ -74,3 +75,29 @@ async def test_a_cancelled_batch_stops_and_keeps_what_completed(
         await asyncio.sleep(0.5)
         assert sum(len(e.requests) for e in engines) == served  # and nothing runs any more
         assert (await client.batches.cancel(batch.id)).status == "cancelled"  # cancelling again: a no-op
+
+
+async def test_a_running_batch_shows_on_the_ops_page_with_its_progress(
+    start_gateway: StartGateway, tenants: RedisTenants
+) -> None:
+    gateway = await start_gateway(batch={"share": 0.04, "reserve_slots": 0})
+    key = await new_key(tenants, "acme")
+    lines = [request_line(f"l{i}") for i in range(40)]
+    async with sdk(gateway, key) as client:
+        uploaded = await client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        assert gateway.batch is not None
+        source = ActiveBatches(gateway.batch.batches.jobs)
+
+        async def shown_in_progress() -> bool:
+            shown = {b.id: b for b in await source.batches()}
+            return batch.id in shown and shown[batch.id].completed >= 1 and shown[batch.id].total == 40
+
+        await until(shown_in_progress)
+        row = {b.id: b for b in await source.batches()}[batch.id]
+        assert (row.tenant, row.status) == ("acme", "in_progress")
+        await client.batches.cancel(batch.id)
+        await wait_done(client, batch.id)
+    assert batch.id not in {b.id for b in await source.batches()}  # finished: off the page
