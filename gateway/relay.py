@@ -131,11 +131,17 @@ class Relay:
         probe = {k: v for k, v in body.items() if k != "stream_options"}
         probe["stream"] = False
         probe["max_tokens"] = 1
-        try:
-            resp = await self.open(upstream, probe, first_byte_timeout=within_s, total_timeout=within_s)
-        except AttemptFailed as exc:
-            return exc if exc.over_context else None
-        resp.release()
+        # Once more when the connection failed: the failed stream's connection went back to the
+        # pool when its (empty) body ended, and the server resets it.
+        for _ in range(2):
+            try:
+                resp = await self.open(upstream, probe, first_byte_timeout=within_s, total_timeout=within_s)
+            except AttemptFailed as exc:
+                if exc.status is None and exc.reached:
+                    continue
+                return exc if exc.over_context else None
+            resp.release()
+            return None
         return None
 
 
