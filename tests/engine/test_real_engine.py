@@ -148,7 +148,8 @@ async def test_over_context_over_grpc_is_invalid_argument(stub: gateway_pb2_grpc
 
 async def test_concurrent_streams_all_complete(gateway: GatewayServer) -> None:
     async def one(i: int) -> list[Any]:
-        resp = await post(gateway, messages=[{"role": "user", "content": f"Say a word about {i}."}], stream=True)
+        asked = [{"role": "user", "content": f"Say a word about {i}."}]
+        resp = await post(gateway, messages=asked, stream=True)
         assert resp.status_code == 200, resp.text
         return sse_events(resp.text)
 
