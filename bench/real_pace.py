@@ -12,7 +12,7 @@ the same streams (`--tokens` tokens each, concurrency 1 and 64) go through:
 | `relay` | a do-nothing aiohttp relay (`bench/null_proxy.py`) | the relay's: the floor |
 | `gateway_http` | the gateway's OpenAI HTTP face | the gateway's |
 | `gateway_grpc` | the gateway's gRPC `Chat` | the gateway's |
-| `edge` | the edge agent's OpenAI face, forwarding to the gateway over gRPC | the edge's (the gateway's beside) |
+| `edge` | the edge's OpenAI face, forwarding to the gateway over gRPC | the edge's (the gateway's beside) |
 
 Every case runs against every target back to back within a repeat; the figures are medians
 over the repeats, with the ratio to the relay measured in the same run. CPU is read from /proc
@@ -140,7 +140,7 @@ def summary(result: dict[str, Any]) -> list[str]:
         g = med("edge", c, "gateway_cpu_us_per_token")
         if g is not None:
             lines.append(
-                f"\nEdge-forwarded streams, c={c[1:]}: the gateway behind the edge spent {g:.0f} us per token."
+                f"\nEdge-forwarded streams, c={c[1:]}: the gateway behind the edge spent {g:.0f} us/token."
             )
     errors = sum(r["errors"] for per in runs.values() for rs in per.values() for r in rs)
     lines.append(f"\nFailed streams over the whole run: {errors}.")
