@@ -132,9 +132,11 @@ async def run_grpc_load(
 
 
 class NullGateway(pb_grpc.GatewayServicer):
-    """Answers every `Chat` at once with prepared chunks: the load generator's own ceiling."""
+    """Answers every `Chat` with prepared chunks: at once (the load generator's own ceiling), or
+    one every 1/`rate` seconds (the floor under any gRPC server streaming at an engine's pace)."""
 
-    def __init__(self, tokens: int, chunks: int) -> None:
+    def __init__(self, tokens: int, chunks: int, rate: float = 0.0) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
         words = ["tok"] * tokens
         per = max(1, -(-tokens // max(1, chunks)))
         self.chunks = [
@@ -147,13 +149,15 @@ class NullGateway(pb_grpc.GatewayServicer):
         self, request: pb.ChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ChatChunk]:
         for chunk in self.chunks:
+            if self.interval:
+                await asyncio.sleep(self.interval)
             yield chunk
         yield self.last
 
 
-async def serve_null(host: str, port: int, tokens: int, chunks: int) -> None:
+async def serve_null(host: str, port: int, tokens: int, chunks: int, rate: float = 0.0) -> None:
     server = grpc.aio.server()
-    pb_grpc.add_GatewayServicer_to_server(NullGateway(tokens, chunks), server)
+    pb_grpc.add_GatewayServicer_to_server(NullGateway(tokens, chunks, rate), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     print(f"null gateway: listening on grpc://{host}:{bound}", flush=True)
@@ -185,10 +189,11 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--port", type=int, default=0)
     serve.add_argument("--tokens", type=int, default=16)
     serve.add_argument("--chunks", type=int, default=1, help="messages the tokens are sent in")
+    serve.add_argument("--rate", type=float, default=0.0, help="messages per second per call (0: at once)")
     args = parser.parse_args(argv)
     if args.command == "serve":
         with contextlib.suppress(KeyboardInterrupt):
-            _loop_run(serve_null(args.host, args.port, args.tokens, args.chunks))
+            _loop_run(serve_null(args.host, args.port, args.tokens, args.chunks, args.rate))
         return
     spec = GrpcSpec(
         target=args.target,

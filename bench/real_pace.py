@@ -10,6 +10,7 @@ the same streams (`--tokens` tokens each, concurrency 1 and 64) go through:
 | target | what is called | whose CPU |
 |---|---|---|
 | `relay` | a do-nothing aiohttp relay (`bench/null_proxy.py`) | the relay's: the floor |
+| `grpc_floor` | a do-nothing gRPC server pacing the same stream itself (`grpc_load serve --rate`) | its own |
 | `gateway_http` | the gateway's OpenAI HTTP face | the gateway's |
 | `gateway_grpc` | the gateway's gRPC `Chat` | the gateway's |
 | `edge` | the edge's OpenAI face, forwarding to the gateway over gRPC | the edge's (the gateway's beside) |
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -36,6 +38,7 @@ from bench.servers import GATEWAY_KEY, SERVED, start_edge, start_gateway, start_
 from bench.serving import TOKEN_REGEX, run_job
 
 POOL = "paced"
+GRPC_LISTENING = re.compile(r"listening on grpc://(\S+)")
 MESSAGES = [{"role": "user", "content": "Say hello to the line-3 team."}]
 AUTH = {"Authorization": f"Bearer {GATEWAY_KEY}"}
 
@@ -79,6 +82,10 @@ def run(repeats: int, rate: float, tokens: int, quick: bool, pin: bool, log_dir:
         null_args = [sys.executable, "-m", "bench.null_proxy", "--upstream", f"{POOL}={sim.url}"]
         null = procs.add(spawn("relay", null_args, log_dir, cpus=placement.server))
         null.url = wait_for_log(null, LISTENING).group(1)
+        floor_args = [sys.executable, "-m", "bench.grpc_load", "serve", "--tokens", str(tokens),
+                      "--chunks", str(tokens), "--rate", str(rate)]  # fmt: skip
+        floor = procs.add(spawn("grpc-floor", floor_args, log_dir, cpus=placement.server))
+        floor.grpc = wait_for_log(floor, GRPC_LISTENING).group(1)
         gateway = start_gateway(procs, log_dir, "gateway", {POOL: sim.url}, cpus=placement.server)
         ollama = start_ollama_sim(procs, log_dir, "ollama", output_tokens=tokens, cpus=placement.others)
         edge = start_edge(procs, log_dir, "edge", ollama_url=ollama.url, uplink=gateway.grpc,
@@ -88,6 +95,7 @@ def run(repeats: int, rate: float, tokens: int, quick: bool, pin: bool, log_dir:
             ("relay", "http", f"{null.url}/{POOL}/v1/chat/completions", body, {"server": null.pid}),
             ("gateway_http", "http", f"{gateway.url}/v1/chat/completions", {**body, "model": POOL},
              {"server": gateway.pid}),
+            ("grpc_floor", "grpc", floor.grpc, {"model": POOL, "prompt": "-"}, {"server": floor.pid}),
             ("gateway_grpc", "grpc", gateway.grpc, {"model": POOL, "prompt": MESSAGES[0]["content"]},
              {"server": gateway.pid}),
             ("edge", "http", f"{edge.url}/v1/chat/completions", {**body, "model": POOL},
@@ -142,6 +150,11 @@ def summary(result: dict[str, Any]) -> list[str]:
             lines.append(
                 f"\nEdge-forwarded streams, c={c[1:]}: the gateway behind the edge spent {g:.0f} us/token."
             )
+    for key in ("gateway_grpc", "edge"):
+        for c in case_keys:
+            v, floor = med(key, c), med("grpc_floor", c)
+            if v and floor:
+                lines.append(f"\n{key} vs the gRPC floor, c={c[1:]}: {v / floor:.2f}x.")
     errors = sum(r["errors"] for per in runs.values() for rs in per.values() for r in rs)
     lines.append(f"\nFailed streams over the whole run: {errors}.")
     return lines

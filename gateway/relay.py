@@ -177,8 +177,10 @@ async def _failed_response(upstream: Upstream, resp: Response) -> AttemptFailed:
 
 
 def _tool_calls(raw: list[dict[str, Any]] | None) -> list[ToolCall]:
+    if not raw:
+        return []
     calls = []
-    for i, c in enumerate(raw or []):
+    for i, c in enumerate(raw):
         fn = c.get("function") or {}
         calls.append(
             ToolCall(
