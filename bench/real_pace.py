@@ -11,6 +11,7 @@ the same streams (`--tokens` tokens each, concurrency 1 and 64) go through:
 |---|---|---|
 | `relay` | a do-nothing aiohttp relay (`bench/null_proxy.py`) | the relay's: the floor |
 | `grpc_floor` | a do-nothing gRPC server pacing the same stream itself (`grpc_load serve --rate`) | its own |
+| `grpc_relay` | a do-nothing gRPC relay: each read of the engine's stream sent on as a message | its own |
 | `gateway_http` | the gateway's OpenAI HTTP face | the gateway's |
 | `gateway_grpc` | the gateway's gRPC `Chat` | the gateway's |
 | `edge` | the edge's OpenAI face, forwarding to the gateway over gRPC | the edge's (the gateway's beside) |
@@ -86,6 +87,9 @@ def run(repeats: int, rate: float, tokens: int, quick: bool, pin: bool, log_dir:
                       "--chunks", str(tokens), "--rate", str(rate)]  # fmt: skip
         floor = procs.add(spawn("grpc-floor", floor_args, log_dir, cpus=placement.server))
         floor.grpc = wait_for_log(floor, GRPC_LISTENING).group(1)
+        grelay_args = [sys.executable, "-m", "bench.grpc_load", "serve", "--upstream", sim.url]
+        grelay = procs.add(spawn("grpc-relay", grelay_args, log_dir, cpus=placement.server))
+        grelay.grpc = wait_for_log(grelay, GRPC_LISTENING).group(1)
         gateway = start_gateway(procs, log_dir, "gateway", {POOL: sim.url}, cpus=placement.server)
         ollama = start_ollama_sim(procs, log_dir, "ollama", output_tokens=tokens, cpus=placement.others)
         edge = start_edge(procs, log_dir, "edge", ollama_url=ollama.url, uplink=gateway.grpc,
@@ -96,6 +100,7 @@ def run(repeats: int, rate: float, tokens: int, quick: bool, pin: bool, log_dir:
             ("gateway_http", "http", f"{gateway.url}/v1/chat/completions", {**body, "model": POOL},
              {"server": gateway.pid}),
             ("grpc_floor", "grpc", floor.grpc, {"model": POOL, "prompt": "-"}, {"server": floor.pid}),
+            ("grpc_relay", "grpc", grelay.grpc, {"model": POOL, "prompt": "-"}, {"server": grelay.pid}),
             ("gateway_grpc", "grpc", gateway.grpc, {"model": POOL, "prompt": MESSAGES[0]["content"]},
              {"server": gateway.pid}),
             ("edge", "http", f"{edge.url}/v1/chat/completions", {**body, "model": POOL},
@@ -152,9 +157,9 @@ def summary(result: dict[str, Any]) -> list[str]:
             )
     for key in ("gateway_grpc", "edge"):
         for c in case_keys:
-            v, floor = med(key, c), med("grpc_floor", c)
+            v, floor = med(key, c), med("grpc_relay", c)
             if v and floor:
-                lines.append(f"\n{key} vs the gRPC floor, c={c[1:]}: {v / floor:.2f}x.")
+                lines.append(f"\n{key} vs the do-nothing gRPC relay, c={c[1:]}: {v / floor:.2f}x.")
     errors = sum(r["errors"] for per in runs.values() for rs in per.values() for r in rs)
     lines.append(f"\nFailed streams over the whole run: {errors}.")
     return lines
