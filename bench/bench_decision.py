@@ -21,7 +21,9 @@ from typing import Any
 
 from tandem.chat import ChatRequest, Message
 from tandem.routing import EdgeView, route
+from tandem.routing.classifier import MODEL
 from tandem.routing.estimate import exact_prompt_tokens
+from tandem.routing.rules import score as rules_score
 
 SYSTEM = "You are the maintenance assistant for a gearbox plant. Answer precisely and briefly."
 SUMMARY = "Summarize these shift notes in three bullets for the morning meeting, no commentary."
@@ -116,6 +118,9 @@ def rows(iterations: int) -> list[Row]:
             n,
         ),
         ("chat_500_thinking_gateway", f"{n_hard}-token chat, thinking, gateway", lambda: route(hard), n),
+        # The classifier's two halves alone, for the same chat (the decision above holds both).
+        ("chat_500_rules_only", f"{n_hard}-token chat: the rules' score alone", lambda: rules_score(hard), n),
+        ("chat_500_ngram_only", f"{n_hard}-token chat: the n-gram model alone", lambda: MODEL.logit(hard), n),
         ("chat_500_thinking_edge", f"{n_hard}-token chat, thinking, edge", lambda: route(hard, edge=edge), n),
         (
             "chat_500_local_edge",

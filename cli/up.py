@@ -111,6 +111,9 @@ def _uplink_closed(readyz: dict[str, Any]) -> bool:
 def _check_alive(part: Part) -> None:
     if part.proc is not None and part.proc.returncode is not None:
         tail = b"".join(part.log[-15:]).decode(errors="replace")
+        last = tail.strip().splitlines()[-1:] or [""]
+        if last[0].startswith("Error: "):  # the part said what went wrong, in one line
+            raise click.ClickException(f"{part.name}: {last[0].removeprefix('Error: ')}")
         raise click.ClickException(f"{part.name} exited with {part.proc.returncode}:\n{tail}")
 
 
@@ -164,6 +167,7 @@ def _banner(edge_port: int, http_port: int, grpc_port: int, parts: list[Part]) -
 Tandem is up.
   edge agent  http://127.0.0.1:{edge_port}   (OpenAI /v1, Ollama /api)
   gateway     http://127.0.0.1:{http_port}    (OpenAI /v1)   grpc 127.0.0.1:{grpc_port}
+  ops page    http://127.0.0.1:{http_port}/ops/
 {engines}
 
 Try:

@@ -2,7 +2,8 @@
 # Sets up a fresh Debian/Ubuntu machine with Python 3.11+ to run Tandem from this checkout:
 # uv (from PyPI), then the exact locked dependencies into .venv. With --test it also installs
 # the servers the test suite talks to (Debian's docker-registry, redis-server, tinyproxy and
-# dnsmasq) and a real engine (llama.cpp's server and a small model: deploy/test-engine.sh).
+# dnsmasq), Debian's chromium with its chromedriver (the ops page's browser test) and a real
+# engine (llama.cpp's server and a small model: deploy/test-engine.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,9 @@ if [ "$want_test_servers" = 1 ]; then
   command -v tinyproxy >/dev/null 2>&1 || [ -x /usr/bin/tinyproxy ] || [ -x /usr/sbin/tinyproxy ] || missing+=(tinyproxy)
   # a real DNS server whose records change, for the pool's DNS discovery tests
   command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
+  # a real headless browser for the ops page (tests/ops/test_page_browser.py), driven by Selenium
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
   if [ ${#missing[@]} -gt 0 ]; then
     sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
     $sudo_cmd apt-get update -qq

@@ -30,6 +30,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from tandem.configfile import Section, load_config
+from tandem.routing.classifier import Prefer
+from tandem.tracing import TracingConfig
 from tandem.transport import ClientTLS, HttpClient
 
 
@@ -104,7 +106,10 @@ class Uplink(Section):
 
     address: str = Field("127.0.0.1:50051", min_length=3, description="host:port of the gateway's gRPC")
     tls: UplinkTLS | None = None
-    api_key_env: str | None = Field(None, description="environment variable holding the edge's API key")
+    # The docs and the systemd unit name this variable; null: send no key.
+    api_key_env: str | None = Field(
+        "TANDEM_EDGE_API_KEY", description="environment variable holding the edge's API key"
+    )
     first_chunk_timeout_seconds: float = Field(120.0, gt=0)
     # Deadline of a whole forwarded request: thinking answers can be long.
     timeout_seconds: float = Field(900.0, gt=0)
@@ -117,6 +122,21 @@ class Uplink(Section):
     )
     # Cloud models listed on /v1/models and /api/tags are re-read at most this often.
     models_cache_seconds: float = Field(30.0, ge=0)
+
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        """`host:port` (`[v6]:port`), or a gRPC target (`dns:///host:port`, `unix:/path`)."""
+        if v.startswith(("dns:", "unix:", "ipv4:", "ipv6:")):
+            return v
+        if "://" in v:
+            raise ValueError(
+                "give host:port, without a scheme (the uplink speaks gRPC; TLS is set by uplink.tls)"
+            )
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or host == "[]" or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError("must be host:port with a port from 1 to 65535")
+        return v
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
@@ -143,6 +163,9 @@ class Policy(Section):
     # The cloud pool work would go to is cold (the last heartbeat reply said so): forward it
     # anyway (the gateway holds it until a replica is ready), or run it here, thinking on.
     cloud_cold: Literal["wait", "degrade"] = "wait"
+    # How the auto-mode classifier leans on this box (docs/routing.md, "prefer"): `thinking`
+    # sends borderline requests up to think (quality first), `fast` keeps them here.
+    prefer: Prefer = Prefer.BALANCED
 
 
 class EdgeConfig(Section):
@@ -152,6 +175,7 @@ class EdgeConfig(Section):
     breaker: Breaker = Breaker()
     policy: Policy = Policy()
     http_client: HttpClient = HttpClient()  # outbound HTTP (Ollama, the model registry): proxies, idle
+    tracing: TracingConfig = TracingConfig()  # OpenTelemetry spans, exported only when configured
     edge_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=256)
     group: str = Field("default", min_length=1)
     heartbeat_seconds: float = Field(10.0, gt=0)

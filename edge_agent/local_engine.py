@@ -107,6 +107,7 @@ class LocalEngine:
         self.contexts: dict[str, int] = {}  # every name the box serves (aliases too) -> context
         self.thinkers: set[str] = set()  # the names among them whose model can think
         self.available = False
+        self.down_reason = "not asked yet"  # why it is unavailable, for logs and /readyz
         self.warm = False
         self.version = ""
         self.in_flight = 0
@@ -120,7 +121,9 @@ class LocalEngine:
     async def start(self) -> None:
         """Opens the HTTP session, reads the models once, and starts the refresh loop."""
         self._started = True
-        await self.refresh()
+        if not await self.refresh():
+            # Down from the start is no change of state, so _set_available says nothing: say it.
+            log.warning("local_engine_down", url=self.config.url, error=self.down_reason)
         self._tasks.append(asyncio.create_task(self._refresh_loop(), name="ollama-refresh"))
 
     async def close(self) -> None:
@@ -211,6 +214,7 @@ class LocalEngine:
         )
 
     def _set_available(self, up: bool, why: str) -> None:
+        self.down_reason = why
         if up == self.available:
             return
         self.available = up
@@ -297,6 +301,50 @@ class LocalEngine:
             return _object(await resp.read())
         finally:
             resp.release()
+
+    async def exchange(
+        self, method: str, path: str, body: dict[str, Any] | None = None, *, runs_model: bool = False
+    ) -> tuple[int, bytes]:
+        """One call to the local Ollama's own API, its answer read whole: (status, body).
+
+        For what the edge passes through (`/api/ps`, `/api/show`, embeddings, load, unload).
+        A call that `runs_model` takes a place in Ollama's queue like a chat: it counts in
+        `in_flight` and gets the whole-call timeout; the others get the listing's timeout.
+        Raises `LocalUnavailable` when Ollama cannot be reached or does not answer in time.
+        """
+        assert self._started, "LocalEngine.start() was not awaited"
+        cfg = self.config
+        total = cfg.timeout_seconds if runs_model else cfg.connect_timeout_seconds * 2
+        if runs_model:
+            self.in_flight += 1
+        try:
+            resp = await self._transport.request(
+                method,
+                cfg.url + path,
+                orjson.dumps(body) if body is not None else None,
+                _JSON if body is not None else None,
+                tls=cfg.tls,
+                connect_s=cfg.connect_timeout_seconds,
+                total_s=total,
+            )
+            try:
+                return resp.status, await resp.read()
+            finally:
+                resp.release()
+        except TimeoutError:
+            raise self._down(f"{path} got no answer within {total:g}s") from None
+        except Unreachable as exc:
+            raise self._down(str(exc)) from None
+        finally:
+            if runs_model:
+                self.in_flight -= 1
+
+    def load_body(self, model: LocalModel, *, unload: bool) -> dict[str, Any]:
+        """An empty `/api/generate` that loads `model` as every call of the edge does (its
+        keep_alive and num_ctx, so nothing reloads it), or unloads it (keep_alive 0)."""
+        if unload:
+            return {"model": model.name, "keep_alive": 0, "stream": False}
+        return wire.warm_body(model.name, self.settings(model))
 
     async def stream(self, path: str, body: dict[str, Any]) -> LocalStream:
         """Sends a chat or generate body and waits for the first chunks.

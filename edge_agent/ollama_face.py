@@ -1,6 +1,8 @@
 """The edge agent's Ollama-compatible face: `POST /api/chat`, `POST /api/generate` (NDJSON
-streams by default, `think`), `GET /api/tags`, `GET /api/version` and `GET /`, over
-`EdgeService`. An Ollama client works by pointing its host at `http://127.0.0.1:11435`.
+streams by default, `think`; with no messages or prompt, a load or unload handled by
+`edge_agent.local_api`), `GET /api/tags`, `GET /api/version` and `GET`/`HEAD /`, over
+`EdgeService` (the rest of Ollama's API is in `edge_agent.local_api`). An Ollama client
+works by pointing its host at `http://127.0.0.1:11435`.
 
 Every answer carries the `x-tandem-route` header, and its final object (`done: true`) the same
 value in a `tandem_route` field, which Ollama's clients ignore. Errors are Ollama's
@@ -9,15 +11,25 @@ value in a `tandem_route` field, which Ollama's clients ignore. Errors are Ollam
 
 from __future__ import annotations
 
+import functools
 import time
 
 import orjson
 from aiohttp import web
 
+from edge_agent import local_api
 from edge_agent.service import SERVICE_KEY, EdgeService, EdgeStream
 from tandem.chat import Chunk, Usage
 from tandem.errors import TandemError
-from tandem.http_io import BODY_LIMITS, StreamFormat, json_response, read_body, request_id, write_stream
+from tandem.http_io import (
+    BODY_LIMITS,
+    StreamFormat,
+    json_response,
+    read_body,
+    request_id,
+    traced,
+    write_stream,
+)
 from tandem.logs import bind_request, get_logger
 from tandem.version import tandem_version
 from tandem.wire import ollama as wire
@@ -43,6 +55,11 @@ async def generate(request: web.Request) -> web.StreamResponse:
 
 async def _answer(request: web.Request, *, chat: bool) -> web.StreamResponse:
     service = request.app[SERVICE_KEY]
+    handle = functools.partial(_answer_traced, request, service, chat=chat)
+    return await traced(service.tracing, "edge.request", FACE, request, handle)
+
+
+async def _answer_traced(request: web.Request, service: EdgeService, *, chat: bool) -> web.StreamResponse:
     rid = request_id(request)
     bind_request(rid)
     started = time.perf_counter()
@@ -51,18 +68,22 @@ async def _answer(request: web.Request, *, chat: bool) -> web.StreamResponse:
     try:
         body = await read_body(request, request.app[BODY_LIMITS])
         mode_header = request.headers.get(MODE_HEADER)
-        if chat:
-            req = wire.parse_chat(body, mode_header=mode_header)
-        else:
-            gen = wire.parse_generate(body, mode_header=mode_header)
+        call = (wire.parse_chat_call if chat else wire.parse_generate_call)(body, mode_header=mode_header)
+        if isinstance(call, wire.Residency):
+            answer = await local_api.residency(request, call, chat=chat)
+            answer.headers.update(headers)
+            return answer
+        if isinstance(call, wire.GenerateRequest):
+            gen = call
             req = gen.chat
+        else:
+            req = call
         req.request_id = rid
         enc = wire.NdjsonEncoder(req.model, chat=chat)
         if not req.stream:
             result = await service.complete(req, generate=gen)
             headers[ROUTE_HEADER] = result.route.header()
-            service.count(FACE, result.route, "200")
-            service.metrics.duration.observe(time.perf_counter() - started)
+            service.count(FACE, result.route, "200", started)
             return json_response(enc.whole(result), headers=headers)
         stream = await service.stream(req, generate=gen)
     except TandemError as err:
@@ -74,8 +95,7 @@ async def _answer(request: web.Request, *, chat: bool) -> web.StreamResponse:
     resp, status = await write_stream(
         request, stream, _format(enc, stream), headers, keepalive_s=service.config.listen.heartbeat_seconds
     )
-    service.count(FACE, stream.decision, status)
-    service.metrics.duration.observe(time.perf_counter() - started)
+    service.count(FACE, stream.decision, status, started)
     return resp
 
 

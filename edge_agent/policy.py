@@ -72,7 +72,8 @@ class Plan:
 
 def plan(req: ChatRequest, s: Situation, policy: Policy) -> Plan:
     """What to do with `req` now."""
-    decision = route(req, edge=EdgeView(local_models=s.local_models, saturated=s.saturated))
+    view = EdgeView(local_models=s.local_models, saturated=s.saturated)
+    decision = route(req, edge=view, prefer=policy.prefer)
     if decision.target is Target.EDGE:
         return Plan(Action.LOCAL, decision) if s.local_up else _local_down(decision, s, policy)
     if not s.uplink_up:
@@ -127,6 +128,8 @@ def _here(req: ChatRequest, decision: RouteDecision, s: Situation, reason: str) 
             reason=reason,
             estimated_tokens=fit.estimated_tokens,
             confidence=decision.confidence,
+            contributions=decision.contributions,
+            signals=decision.signals,
         ),
         thinking=thinking,
     )

@@ -19,11 +19,20 @@ from typing import TYPE_CHECKING
 import orjson
 from aiohttp import web
 
-from edge_agent import ollama_face, openai_face, vitals
+from edge_agent import local_api, ollama_face, openai_face, vitals
+from edge_agent.breaker import State
 from edge_agent.config import EdgeConfig
 from edge_agent.service import SERVICE_KEY, EdgeService
 from tandem.errors import BadRequest, TandemError
-from tandem.http_io import BODY_LIMITS, BodyLimits, ConnectionTimeouts, HttpSite, app_runner, json_response
+from tandem.http_io import (
+    BODY_LIMITS,
+    BodyLimits,
+    ConnectionTimeouts,
+    HttpSite,
+    app_runner,
+    check_port_free,
+    json_response,
+)
 from tandem.logs import get_logger
 from tandem.metrics import CONTENT_TYPE
 from tandem.v1 import gateway_pb2 as pb
@@ -40,6 +49,17 @@ READY_KEY = web.AppKey("ready", asyncio.Event)
 
 async def healthz(request: web.Request) -> web.Response:
     return json_response(b'{"status":"ok"}')
+
+
+def down_parts(service: EdgeService) -> dict[str, str]:
+    """The parts the agent cannot use now, each with why: `ollama` (it serves from the gateway
+    then), `gateway` (the uplink's breaker is not closed: it serves locally then)."""
+    down = {}
+    if not service.local.available:
+        down["ollama"] = f"{service.local.config.url}: {service.local.down_reason}"
+    if service.breaker.state is not State.CLOSED:
+        down["gateway"] = f"{service.config.uplink.address}: {service.breaker.last_error}"
+    return down
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -63,6 +83,7 @@ async def readyz(request: web.Request) -> web.Response:
             "saturated": local.saturated,
         },
         "uplink": {"address": service.config.uplink.address, "breaker": service.breaker.state.value},
+        "down": down_parts(service),
     }
     return json_response(orjson.dumps(body), 200 if ready else 503)
 
@@ -113,6 +134,7 @@ def build_app(service: EdgeService, ready: asyncio.Event) -> web.Application:
     )
     openai_face.add_routes(app)
     ollama_face.add_routes(app)
+    local_api.add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -140,6 +162,7 @@ class EdgeServer:
 
     async def start(self) -> None:
         cfg = self.config
+        check_port_free(cfg.listen.host, cfg.listen.port)  # before anything starts (and logs)
         await self.service.start()
         await self._start_model_sync()
         timeouts = ConnectionTimeouts(
@@ -148,7 +171,14 @@ class EdgeServer:
         self._runner = app_runner(self._app, timeouts, shutdown_timeout=cfg.shutdown_grace_seconds)
         await self._runner.setup()
         self._site = HttpSite(self._runner, cfg.listen.host, cfg.listen.port, timeouts)
-        await self._site.start()
+        try:
+            await self._site.start()
+        except OSError:
+            # Nothing was served: close what started (sessions, tasks) so that the process
+            # ends with the one line its command prints, not asyncio's complaints.
+            self._site = None
+            await self.stop()
+            raise
         self.port = self._site.bound_port
         self.service.startup_seconds = round(vitals.process_age_seconds(self._started_at), 3)
         self.ready.set()

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 from aiohttp import web
 from prometheus_client import Gauge
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from edge_agent import policy
 from edge_agent.breaker import CircuitBreaker, State
@@ -33,10 +36,11 @@ from edge_agent.config import EdgeConfig
 from edge_agent.local_engine import LocalEngine, LocalRefused, LocalUnavailable
 from edge_agent.policy import Action, Plan, Situation
 from edge_agent.uplink import Uplink, UplinkDown
-from tandem.chat import ChatRequest, ChatResult, Chunk, RouteDecision, ToolCall, Usage
+from tandem.chat import ChatRequest, ChatResult, Chunk, Mode, RouteDecision, Target, ToolCall, Usage
 from tandem.errors import TandemError, UpstreamUnavailable
 from tandem.logs import get_logger, new_request_id
 from tandem.metrics import Metrics
+from tandem.tracing import Span, Tracing
 from tandem.transport import Transport
 from tandem.v1 import gateway_pb2 as pb
 from tandem.version import tandem_version
@@ -61,15 +65,22 @@ class EdgeStream:
     _rest: AsyncGenerator[list[Chunk], None]
     _done: Callable[[], None]
     _closed: bool = field(default=False)
+    usage: Usage | None = None  # the engine's, once it has come (last, with the final chunk)
 
     async def batches(self) -> AsyncGenerator[list[Chunk], None]:
         """All chunks, first batch included. Raises `UpstreamFailed` if the source breaks off."""
         try:
+            self._note_usage(self.first)
             yield self.first
             async for batch in self._rest:
+                self._note_usage(batch)
                 yield batch
         finally:
             await self.close()
+
+    def _note_usage(self, batch: list[Chunk]) -> None:
+        if batch and batch[-1].usage is not None:
+            self.usage = batch[-1].usage
 
     async def close(self) -> None:
         if not self._closed:
@@ -77,6 +88,24 @@ class EdgeStream:
             with contextlib.suppress(Exception):
                 await self._rest.aclose()
             self._done()
+
+
+class _ModelVersions(Collector):
+    """`tandem_edge_model_version{model, reference, digest} 1` for each model version that model
+    sync placed on this box: which version each edge runs, as ops ask during a rollout."""
+
+    def __init__(self, versions: Callable[[], dict[str, tuple[str, str]]]) -> None:
+        self._versions = versions
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "tandem_edge_model_version",
+            "The model version this box serves, by served name (1 per version placed)",
+            labels=["model", "reference", "digest"],
+        )
+        for model, (reference, digest) in self._versions().items():
+            family.add_metric([model, reference, digest], 1)
+        yield family
 
 
 class EdgeService:
@@ -111,11 +140,13 @@ class EdgeService:
             transport=self.transport,
         )
         self.uplink = Uplink(config.uplink, self.breaker, edge_id=config.edge_id)
+        self.tracing = Tracing(config.tracing, "tandem-edge")
         # Called with every heartbeat reply (model distribution listens here).
         self.heartbeat_listeners: list[Callable[[pb.HeartbeatResponse], None]] = []
         # Served name -> (reference, manifest digest) of versions placed by model sync; the
         # heartbeat reports them so the gateway can tell whether the edge matches its rollout.
         self.served_versions: Callable[[], dict[str, tuple[str, str]]] = dict
+        registry.register(_ModelVersions(lambda: self.served_versions()))
         self._tasks: list[asyncio.Task[None]] = []
         self._cloud_models: list[pb.ModelInfo] = []
         self._cloud_models_at = -1e9
@@ -124,6 +155,9 @@ class EdgeService:
         self._pools_at = -1e9
         self._heartbeat_interval = config.heartbeat_seconds
         self._in_flight = 0
+        # Answered requests since start by (target, mode): the heartbeat reports them, and the
+        # gateway's ops page turns them into this edge's local share.
+        self.route_counts: dict[tuple[str, str], int] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         self.draining = False
@@ -154,6 +188,7 @@ class EdgeService:
         await self.uplink.close()
         await self.local.close()
         await self.transport.close()
+        self.tracing.shutdown()
 
     def _breaker_changed(self, state: State) -> None:
         self._breaker_gauge.set(_BREAKER_VALUE[state])
@@ -222,7 +257,9 @@ class EdgeService:
         try:
             s = self.situation(req.model)
             for _ in range(3):  # each part is tried at most once, then the plan is a reject
-                p = policy.plan(req, s, self.config.policy)
+                with self.tracing.span("route.decide") as span:
+                    p = policy.plan(req, s, self.config.policy)
+                    span.set("tandem.route", p.decision.header())
                 try:
                     return await self._run(req, p, generate)
                 except LocalRefused as exc:
@@ -258,12 +295,19 @@ class EdgeService:
             log.info("request_rejected", route=p.decision.header(), error=p.error.message)
             raise p.error
         started = time.perf_counter()
-        if p.action is Action.LOCAL:
-            first, rest = await self._run_local(req, p, generate)
-        else:
-            first, rest = await self._forward(req, p)
+        local = p.action is Action.LOCAL
+        span = self.tracing.start("ollama.call" if local else "uplink.call", kind="client")
+        try:
+            if local:
+                first, rest = await self._run_local(req, p, generate)
+            else:
+                first, rest = await self._forward(req, p, span)
+        except BaseException as exc:
+            span.fail(f"{type(exc).__name__}: {exc}")
+            span.end()
+            raise
         self.metrics.first_token.observe(time.perf_counter() - started)
-        return EdgeStream(
+        stream = EdgeStream(
             id=f"chatcmpl-{req.request_id}",
             model=req.model,
             created=int(time.time()),
@@ -272,6 +316,14 @@ class EdgeService:
             _rest=rest,
             _done=self._leave,
         )
+        stream._done = functools.partial(self._finished, span, stream)
+        return stream
+
+    def _finished(self, span: Span, stream: EdgeStream) -> None:
+        span.end()
+        if stream.usage is not None:
+            self.metrics.used(stream.decision, stream.usage)
+        self._leave()
 
     async def _run_local(
         self, req: ChatRequest, p: Plan, generate: ollama_wire.GenerateRequest | None
@@ -292,7 +344,7 @@ class EdgeService:
         return stream.first, stream.rest()
 
     async def _forward(
-        self, req: ChatRequest, p: Plan
+        self, req: ChatRequest, p: Plan, span: Span
     ) -> tuple[list[Chunk], AsyncGenerator[list[Chunk], None]]:
         # The mode travels explicitly: the answer must match the mode the route header promised.
         up = replace(
@@ -306,7 +358,9 @@ class EdgeService:
         extra_wait_s = 0.0
         if pool is not None and pool.readiness == pb.POOL_READINESS_COLD:
             extra_wait_s = pool.estimated_wait_seconds
-        stream = await self.uplink.chat(up, extra_wait_s=extra_wait_s)
+        trace: dict[str, str] = {}
+        self.tracing.inject(trace, span)  # the gateway's spans continue this trace
+        stream = await self.uplink.chat(up, extra_wait_s=extra_wait_s, metadata=trace)
         return [stream.first], stream.rest()
 
     async def complete(
@@ -338,14 +392,14 @@ class EdgeService:
             route=stream.decision,
         )
 
-    def count(self, face: str, decision: RouteDecision | None, status: str) -> None:
-        """One answered request in `tandem_edge_requests`."""
-        if decision is None:
-            self.metrics.requests.labels(face, "", "", "", status).inc()
-        else:
-            self.metrics.requests.labels(
-                face, decision.target.value, decision.mode.value, decision.reason, status
-            ).inc()
+    def count(
+        self, face: str, decision: RouteDecision | None, status: str, started: float | None = None
+    ) -> None:
+        """One answered request in `tandem_edge_requests` (and its duration, since `started`)."""
+        self.metrics.answered(face, decision, status, started)
+        if decision is not None:
+            key = (decision.target.value, decision.mode.value)
+            self.route_counts[key] = self.route_counts.get(key, 0) + 1
 
     # --- in flight and draining ----------------------------------------------------------------
 
@@ -400,6 +454,17 @@ class EdgeService:
             queued=max(0, local.in_flight - self.config.ollama.num_parallel),
             healthy=local.available,
             version=tandem_version(),
+            routes=self._route_counts(),
+            breaker=self.breaker.state.value,
+        )
+
+    def _route_counts(self) -> pb.RouteCounts:
+        c = self.route_counts
+        return pb.RouteCounts(
+            local_thinking=c.get((Target.EDGE.value, Mode.THINKING.value), 0),
+            local_non_thinking=c.get((Target.EDGE.value, Mode.NON_THINKING.value), 0),
+            forwarded_thinking=c.get((Target.CLOUD.value, Mode.THINKING.value), 0),
+            forwarded_non_thinking=c.get((Target.CLOUD.value, Mode.NON_THINKING.value), 0),
         )
 
     def _served_models(self) -> list[pb.ServedModel]:

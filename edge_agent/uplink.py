@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 
 import grpc
@@ -178,7 +178,9 @@ class Uplink:
             status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
             raise UplinkDown(f"the gateway reports {status}")
 
-    async def chat(self, req: ChatRequest, *, extra_wait_s: float = 0.0) -> UplinkStream:
+    async def chat(
+        self, req: ChatRequest, *, extra_wait_s: float = 0.0, metadata: Mapping[str, str] | None = None
+    ) -> UplinkStream:
         """Forwards `req` and waits for its first chunk (`first_chunk_timeout_seconds`, plus
         `extra_wait_s` when the gateway is expected to hold it: a cold pool starting).
 
@@ -188,7 +190,9 @@ class Uplink:
         assert self._channel is not None, "Uplink.start() was not awaited"
         call = _Call(
             call=self._stub.Chat(
-                wire.request_to_pb(req), timeout=self.config.timeout_seconds, metadata=self._metadata
+                wire.request_to_pb(req),
+                timeout=self.config.timeout_seconds,
+                metadata=self._metadata + tuple((metadata or {}).items()),  # a trace's traceparent
             ),
             last_seen=asyncio.get_running_loop().time(),
         )

@@ -27,6 +27,7 @@ import orjson
 
 from gateway import config as gateway_config
 from tandem import logs
+from tandem.command_errors import BadConfiguration, CommandFailed
 from tandem.errors import ConfigError
 from tandem.eventloop import run_loop
 
@@ -59,14 +60,17 @@ def serve(config_path: Path | None) -> None:
     try:
         cfg = gateway_config.load(config_path).with_auth_required_by_default()
     except ConfigError as exc:
-        click.echo(f"tandem gateway: {exc}", err=True)
-        sys.exit(2)
+        raise BadConfiguration(str(exc)) from None
     if not cfg.pools:
-        click.echo("tandem gateway: invalid configuration\n  pools: at least one pool is required", err=True)
-        sys.exit(2)
+        raise BadConfiguration("invalid configuration\n  pools: at least one pool is required")
+    from gateway.server import CannotListen
     from gateway.server import serve as run
 
-    sys.exit(run_loop(run(cfg, started_at=started)))
+    try:
+        code = run_loop(run(cfg, started_at=started))
+    except CannotListen as exc:
+        raise CommandFailed(str(exc)) from None
+    sys.exit(code)
 
 
 # --- reaching the shared state from a command ----------------------------------------------------
@@ -92,15 +96,12 @@ def with_redis(
     try:
         cfg = gateway_config.load(config_path)
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise BadConfiguration(str(exc)) from None
     redis_cfg = cfg.redis.model_copy(update={"url": redis_url}) if redis_url else cfg.redis
     if not redis_cfg.url:
-        click.echo(
-            "tandem: no Redis configured: pass --config with redis.url, --redis-url, "
-            "or set TANDEM_REDIS__URL",
-            err=True,
+        raise BadConfiguration(
+            "no Redis configured: pass --config with redis.url, --redis-url, or set TANDEM_REDIS__URL"
         )
-        sys.exit(2)
 
     async def main() -> T:
         from gateway.state import RedisState, StateHealth
@@ -118,8 +119,7 @@ def with_redis(
     try:
         return asyncio.run(main())
     except StateUnavailable as exc:
-        click.echo(f"tandem: {exc}", err=True)
-        sys.exit(1)
+        raise CommandFailed(str(exc)) from None
 
 
 def echo_json(payload: object) -> None:
@@ -204,9 +204,10 @@ def keys() -> None:
 @click.option("--label", default="", help="A note to recognise the key by (who or what uses it).")
 @click.option(
     "--role",
-    type=click.Choice(["tenant", "edge"]),
+    type=click.Choice(["tenant", "edge", "admin"]),
     default=None,
-    help="tenant (default): calls the API. edge: an edge agent's key, which may also send heartbeats.",
+    help="tenant (default): calls the API. edge: an edge agent's key, which may also send heartbeats. "
+    "admin: an operator's key, which may also read the ops page (/ops/).",
 )
 @click.option(
     "--edge",
@@ -258,7 +259,11 @@ def create_key(
             echo_json({**made, "role": key_role, "edge": edge})
         else:
             click.echo(f"key:    {key}\nsha256: {digest}")
-            where = "key_sha256" if key_role == "tenant" else f"edge_keys ({{sha256: ..., edge: {edge!r}}})"
+            where = {
+                "tenant": "key_sha256",
+                "admin": "admin_key_sha256",
+                "edge": f"edge_keys ({{sha256: ..., edge: {edge!r}}})",
+            }[key_role]
             click.echo(f"Add the sha256 to {where} of tenant {tenant!r} in auth.tenants.", err=True)
         return
 
@@ -276,7 +281,7 @@ def create_key(
         echo_json({"key": key, "id": record.id, "tenant": owner, "role": record.role, "edge": record.edge})
         return
     click.echo(key)
-    kind = "key" if record.role == "tenant" else f"edge key ({_edge_of(record)})"
+    kind = {"tenant": "key", "admin": "admin key"}.get(record.role, f"edge key ({_edge_of(record)})")
     click.echo(
         f"created {kind} {record.id} for tenant {tenant!r} ({settings.describe() if settings else ''}); "
         "this is the only time the key is shown",
@@ -289,7 +294,7 @@ def _edge_of(record: Any) -> str:
 
 
 def _role_of(record: Any) -> str:
-    return "tenant" if record.role == "tenant" else f"edge:{record.edge or '*'}"
+    return record.role if record.role != "edge" else f"edge:{record.edge or '*'}"
 
 
 @keys.command("list")
@@ -339,9 +344,8 @@ def revoke_key(key: str, config_path: Path | None, redis_url: str | None, as_jso
     if record is None:
         if as_json:
             echo_json({"error": "no such key", "kind": "KeyNotFound"})
-        else:
-            click.echo("tandem: no such key (give its id from `tandem gateway keys list`)", err=True)
-        sys.exit(1)
+            sys.exit(1)
+        raise CommandFailed("no such key (give its id from `tandem gateway keys list`)")
     if as_json:
         echo_json({"id": record.id, "tenant": record.tenant, "revoked": record.revoked})
     else:

@@ -26,6 +26,8 @@ from gateway.pool.discovery import DnsSource
 from gateway.pool.load import LeastLoadedWeights, LoadScrape
 from tandem.configfile import Section, load_config
 from tandem.errors import ConfigError
+from tandem.routing.classifier import Prefer
+from tandem.tracing import TracingConfig
 from tandem.transport import ClientTLS, HttpClient
 from tandem.wire.dialects import EngineKind
 
@@ -112,6 +114,9 @@ class ColdStart(Section):
 
     max_pending: int = Field(256, ge=1, description="requests held at most; more get 429")
     timeout_seconds: float = Field(300.0, gt=0, description="a held request waits this long, then 503")
+    # What the pool takes to serve again from zero (a vLLM pod's scheduling, image start and
+    # model load: about a minute for Qwen3-14B); edges are told the wait it leaves.
+    expected_seconds: float = Field(60.0, ge=0, le=3600, description="expected time from zero to ready")
 
 
 class Pool(Section):
@@ -130,6 +135,10 @@ class Pool(Section):
     non_thinking_pool: str | None = None
     # Qwen3 switches thinking per request; a pool of Qwen3-2507 Instruct/Thinking models cannot.
     supports_thinking_switch: bool = True
+    # How the auto-mode classifier leans for requests to this pool (docs/routing.md, "prefer"):
+    # `thinking` when a reasoning request answered fast costs more than GPU time, `fast` when
+    # the GPUs are the scarce part.
+    prefer: Prefer = Prefer.BALANCED
 
     @model_validator(mode="after")
     def _has_endpoints(self) -> Pool:
@@ -223,7 +232,8 @@ class StaticEdgeKey(Section):
 class StaticTenant(Section):
     """A tenant for a gateway without Redis: its keys are given as SHA-256 hex digests only
     (`tandem gateway keys create --offline` prints a key and its digest); `edge_keys` are its
-    edge agents' keys (`--offline --edge NAME`)."""
+    edge agents' keys (`--offline --edge NAME`), `admin_key_sha256` its operators' keys, which
+    may also read the ops page (`--offline --role admin`)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     models: list[str] = Field(default_factory=list, description="allowed models; empty: all")
@@ -232,8 +242,9 @@ class StaticTenant(Section):
     streams: int = Field(0, ge=0, description="concurrent requests; 0: unlimited")
     key_sha256: list[str] = Field(default_factory=list)
     edge_keys: list[StaticEdgeKey] = Field(default_factory=list)
+    admin_key_sha256: list[str] = Field(default_factory=list, description="operators' keys: the ops page")
 
-    @field_validator("key_sha256")
+    @field_validator("key_sha256", "admin_key_sha256")
     @classmethod
     def _hex_digests(cls, v: list[str]) -> list[str]:
         return [_check_digest(digest) for digest in v]
@@ -268,6 +279,7 @@ class GatewayConfig(Section):
     redis: Redis = Redis()
     auth: Auth = Auth()
     fleet: Fleet = Fleet()
+    tracing: TracingConfig = TracingConfig()  # OpenTelemetry spans, exported only when configured
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     # Qwen3's recommended sampling per mode, applied when the caller sets none.
     thinking_sampling: dict[str, float] = Field(

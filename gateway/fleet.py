@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
 import orjson
@@ -41,6 +41,9 @@ MAX_LABELS = 32
 MAX_LABEL_KEY = 64
 MAX_LABEL_VALUE = 256
 MAX_STATUS_BYTES = 64 * 1024
+BREAKER_STATES = ("", "closed", "half_open", "open")
+# The counts a heartbeat's `routes` carries (the RouteCounts fields).
+ROUTE_COUNTS = ("local_thinking", "local_non_thinking", "forwarded_thinking", "forwarded_non_thinking")
 
 # REGISTRY/REPOSITORY[:TAG][@sha256:HEX], the shape `registry.reference` accepts (the gateway does
 # not import the registry package; the edge's model sync parses the reference fully).
@@ -73,6 +76,9 @@ class EdgeStatus:
     version: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     last_seen: float = 0.0
+    breaker: str = ""  # the edge's uplink breaker ("closed", "half_open", "open"); "": not reported
+    # Requests the edge answered since it started: ROUTE_COUNTS -> count (cumulative).
+    routes: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -81,7 +87,12 @@ class EdgeStatus:
     def from_json(cls, raw: bytes | str) -> EdgeStatus:
         data: dict[str, Any] = orjson.loads(raw)
         data["models"] = [ServedModel(**m) for m in data.get("models", [])]
-        return cls(**data)
+        # Fields a newer replica stored and this one does not know are left out: replicas of
+        # two versions share the fleet during a rolling upgrade.
+        return cls(**{k: v for k, v in data.items() if k in _STATUS_FIELDS})
+
+
+_STATUS_FIELDS = frozenset(f.name for f in fields(EdgeStatus))
 
 
 def check_status(status: EdgeStatus, encoded: bytes | None = None) -> bytes:
@@ -109,6 +120,10 @@ def check_status(status: EdgeStatus, encoded: bytes | None = None) -> bytes:
             raise refuse("labels", f"keys are 1 to {MAX_LABEL_KEY} characters")
         if len(value) > MAX_LABEL_VALUE:
             raise refuse("labels", f"values are at most {MAX_LABEL_VALUE} characters")
+    if status.breaker not in BREAKER_STATES:
+        raise refuse("breaker", "one of closed, half_open, open")
+    if set(status.routes) - set(ROUTE_COUNTS) or any(n < 0 for n in status.routes.values()):
+        raise refuse("routes", f"counts of {', '.join(ROUTE_COUNTS)}, none negative")
     raw = status.to_json() if encoded is None else encoded
     if len(raw) > MAX_STATUS_BYTES:
         raise refuse("status", f"at most {MAX_STATUS_BYTES} bytes as stored")

@@ -32,6 +32,7 @@ from gateway.pool.elastic import PoolState, PoolStates, Readiness
 from gateway.service import GatewayService
 from tandem.chat import Chunk, Usage
 from tandem.errors import PermissionDenied
+from tandem.tracing import NO_SPAN, Span
 from tandem.v1 import gateway_pb2 as pb
 from tandem.v1 import gateway_pb2_grpc as pb_grpc
 from tandem.wire import protobuf as wire
@@ -53,12 +54,38 @@ class GatewayServicer(pb_grpc.GatewayServicer):
     async def Chat(
         self, request: pb.ChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ChatChunk]:
+        tracing = self.service.tracing
+        if not tracing.enabled:
+            async for chunk in self._chat(request, NO_SPAN):
+                yield chunk
+            return
+        # Started here and ended in `finally`, never made current across a `yield`: a stream its
+        # caller abandoned is closed from another task, where a context attached here could not
+        # be detached. `_chat` makes it current only while it starts the stream.
+        carrier = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        span = tracing.start(
+            "gateway.request", kind="server", carrier=carrier, attributes={"tandem.face": "grpc"}
+        )
+        call = current_call()
+        try:
+            async for chunk in self._chat(request, span):
+                yield chunk
+        except BaseException as exc:
+            span.fail(f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            if call.decision is not None:
+                span.set("tandem.route", call.decision.header())
+            span.end()
+
+    async def _chat(self, request: pb.ChatRequest, span: Span) -> AsyncIterator[pb.ChatChunk]:
         call = current_call()
         req = wire.request_from_pb(request)
         req.request_id = call.request_id
         if call.tenant is not None:
             req.tenant = call.tenant.name
-        stream = await self.service.stream(req, call.tenant)
+        with self.service.tracing.current(span):  # the parent of the service's spans
+            stream = await self.service.stream(req, call.tenant)
         call.decision = stream.decision  # the route: trailing metadata and metric labels
         usage: Usage | None = None
         finish = ""
@@ -116,8 +143,12 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             healthy=request.healthy,
             version=request.version,
             labels=dict(request.labels),
+            breaker=request.breaker,
+            routes={name: getattr(request.routes, name) for name in fleet.ROUTE_COUNTS},
         )
         desired = await self.fleet.heartbeat(status)  # refused when over a cap (`fleet.check_status`)
+        for listener in self.service.heartbeat_listeners:
+            listener(status)
         ref, digest = fleet.assignment(status.edge_id, status.group, desired)
         return pb.HeartbeatResponse(
             desired_reference=ref,

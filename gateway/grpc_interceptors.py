@@ -333,17 +333,13 @@ class MetricsInterceptor(_GatewayInterceptor):
                 calls.labels(method.name, status).inc()
 
             return record_call
-        requests, duration = self.metrics.requests, self.metrics.duration
+        metrics = self.metrics
 
         def record_chat(call: GatewayCall, status: str, started: float) -> None:
             calls.labels("Chat", status).inc()
-            d = call.decision
-            if d is None:  # refused before the route was decided
-                requests.labels("grpc", "", "", "", status).inc()
-                return
-            requests.labels("grpc", d.target.value, d.mode.value, d.reason, status).inc()
             # Like the HTTP face: the time of answers that ran, not of quick refusals.
-            duration.observe(time.perf_counter() - started)
+            tenant = call.tenant.name if call.tenant else None
+            metrics.answered("grpc", call.decision, status, started if call.decision else None, tenant)
 
         return record_chat
 

@@ -1,14 +1,16 @@
 """The gateway's OpenAI-compatible HTTP face (aiohttp): a thin layer over `GatewayService`.
 
 `POST /v1/chat/completions` (stream and not), `GET /v1/models`, `/healthz`, `/readyz`,
-`/metrics`. Every answer carries `x-tandem-route`; errors are OpenAI error bodies with the
-status from `tandem.wire.openai.error_status`. The API routes authenticate the caller
-(`Authorization: Bearer <key>`, or `x-api-key`) before reading the body.
+`/metrics`, and the ops page (`/ops/`: `gateway/ops`). Every answer carries `x-tandem-route`;
+errors are OpenAI error bodies with the status from `tandem.wire.openai.error_status`. The API
+routes authenticate the caller (`Authorization: Bearer <key>`, or `x-api-key`) before reading
+the body.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 
@@ -16,6 +18,7 @@ import orjson
 from aiohttp import web
 from structlog.contextvars import bind_contextvars
 
+from gateway import ops
 from gateway.auth import credential
 from gateway.service import ActiveStream, GatewayService
 from gateway.state import Tenant
@@ -30,6 +33,7 @@ from tandem.http_io import (
     openai_stream_format,
     read_body,
     request_id,
+    traced,
     write_stream,
 )
 from tandem.logs import bind_request, get_logger
@@ -62,6 +66,11 @@ async def authenticate(request: web.Request, service: GatewayService) -> Tenant 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE_KEY]
+    handle = functools.partial(_chat_completions, request, service)
+    return await traced(service.tracing, "gateway.request", "http", request, handle)
+
+
+async def _chat_completions(request: web.Request, service: GatewayService) -> web.StreamResponse:
     rid = request_id(request)
     bind_request(rid)
     started = time.perf_counter()
@@ -77,16 +86,19 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         if not req.stream:
             result = await service.complete(req, tenant)
             route_header[wire.ROUTE_HEADER] = result.route.header()
-            _count(service, result.route.header(), "200")
+            service.metrics.answered("http", result.route, "200", started, req.tenant)
             return json_response(wire.completion_body(result), headers=route_header)
         early: EarlyStream | None = None
         fmt = openai_stream_format(
             f"chatcmpl-{rid}", req.model, int(time.time()), include_usage=req.include_usage
         )
 
+        held: RouteDecision | None = None
+
         async def on_hold(decision: RouteDecision) -> None:
             # The pool is scaling up from zero: answer now and keep the connection alive.
-            nonlocal early
+            nonlocal early, held
+            held = decision
             route_header[wire.ROUTE_HEADER] = decision.header()
             early = EarlyStream(fmt, route_header, service.config.http.sse_heartbeat_seconds)
             await early.open(request)
@@ -97,12 +109,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             if early is None:
                 raise
             log.info("request_refused", status=wire.error_status(err), error=err.message)
-            _count(service, route_header[wire.ROUTE_HEADER], str(wire.error_status(err)))
+            service.metrics.answered("http", held, str(wire.error_status(err)), started, req.tenant)
             return await early.fail(err)
     except TandemError as err:
         status = wire.error_status(err)
         log.info("request_refused", status=status, error=err.message)
-        service.metrics.requests.labels("http", "", "", "", str(status)).inc()
+        service.metrics.answered("http", None, str(status), tenant=req.tenant if req else None)
         return error_response(err, route_header)
     route_header[wire.ROUTE_HEADER] = stream.decision.header()
     return await _relay_stream(request, service, req, stream, fmt, route_header, started, early)
@@ -121,14 +133,8 @@ async def _relay_stream(
     resp, status = await write_stream(
         request, stream, fmt, headers, keepalive_s=service.config.http.sse_heartbeat_seconds, early=early
     )
-    _count(service, stream.decision.header(), status)
-    service.metrics.duration.observe(time.perf_counter() - started)
+    service.metrics.answered("http", stream.decision, status, started, req.tenant)
     return resp
-
-
-def _count(service: GatewayService, route: str, status: str) -> None:
-    parts = dict(p.split("=", 1) for p in route.split("; "))
-    service.metrics.requests.labels("http", parts["target"], parts["mode"], parts["reason"], status).inc()
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -211,4 +217,5 @@ def build_app(service: GatewayService, ready: asyncio.Event) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    ops.install(app, service)
     return app

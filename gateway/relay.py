@@ -92,10 +92,17 @@ class Relay:
         self._connect_timeout = connect_timeout
 
     async def open(
-        self, upstream: Upstream, body: dict[str, Any], *, first_byte_timeout: float, total_timeout: float
+        self,
+        upstream: Upstream,
+        body: dict[str, Any],
+        *,
+        first_byte_timeout: float,
+        total_timeout: float,
+        headers: dict[str, str] | None = None,
     ) -> Response:
-        """Sends the request; returns the response once its status is 200."""
-        headers = {"Content-Type": "application/json"}
+        """Sends the request (with `headers` besides its own: a trace's `traceparent`); returns
+        the response once its status is 200."""
+        headers = {**(headers or {}), "Content-Type": "application/json"}
         if upstream.api_key:
             headers["Authorization"] = f"Bearer {upstream.api_key}"
         try:

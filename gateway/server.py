@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 import time
 
@@ -22,7 +23,7 @@ from gateway.grpc_face import bind, build_server
 from gateway.http_face import build_app
 from gateway.pool import Balancer
 from gateway.service import GatewayService
-from tandem.http_io import ConnectionTimeouts, HttpSite, app_runner
+from tandem.http_io import ConnectionTimeouts, HttpSite, app_runner, check_port_free
 from tandem.logs import get_logger
 
 log = get_logger("tandem.gateway")
@@ -33,6 +34,10 @@ def make_balancer(config: GatewayConfig) -> Balancer:
     from gateway.pool.litellm_balancer import LitellmBalancer
 
     return LitellmBalancer(config)
+
+
+class CannotListen(OSError):
+    """A listening address could not be bound (taken, most often): one line for the operator."""
 
 
 class GatewayServer:
@@ -53,9 +58,22 @@ class GatewayServer:
 
     async def start(self) -> None:
         cfg = self.config
+        for face, host, port in (
+            ("gRPC", cfg.grpc.host, cfg.grpc.port),
+            ("HTTP", cfg.http.host, cfg.http.port),
+        ):
+            try:
+                check_port_free(host, port)
+            except OSError as exc:
+                raise CannotListen(f"cannot listen on {host}:{port} ({face}): {_reason(exc)}") from None
         await self.service.start()
         self._grpc, self._health = build_server(self.service, self.fleet)
-        self.grpc_port = bind(self._grpc, cfg.grpc.host, cfg.grpc.port, cfg.grpc.tls)
+        try:
+            self.grpc_port = bind(self._grpc, cfg.grpc.host, cfg.grpc.port, cfg.grpc.tls)
+        except RuntimeError:  # grpc says only "Failed to bind"; the cause is nearly always this
+            await self.service.close()
+            where = f"{cfg.grpc.host}:{cfg.grpc.port}"
+            raise CannotListen(f"cannot listen on {where} (gRPC): address in use") from None
         await self._grpc.start()
         timeouts = ConnectionTimeouts(
             idle_s=cfg.http.idle_timeout_seconds, headers_s=cfg.http.header_timeout_seconds
@@ -65,7 +83,15 @@ class GatewayServer:
         )
         await self._runner.setup()
         self._site = HttpSite(self._runner, cfg.http.host, cfg.http.port, timeouts)
-        await self._site.start()
+        try:
+            await self._site.start()
+        except OSError as exc:
+            # Nothing was served yet: close what started, so the process ends with one line.
+            await self._grpc.stop(None)
+            await self._runner.cleanup()
+            await self.service.close()
+            where = f"{cfg.http.host}:{cfg.http.port}"
+            raise CannotListen(f"cannot listen on {where} (HTTP): {_reason(exc)}") from None
         self.http_port = self._site.bound_port
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set("tandem.v1.Gateway", health_pb2.HealthCheckResponse.SERVING)
@@ -84,6 +110,10 @@ class GatewayServer:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.service.close()
+
+
+def _reason(exc: OSError) -> str:
+    return os.strerror(exc.errno).lower() if exc.errno else str(exc)
 
 
 async def serve(config: GatewayConfig, *, started_at: float | None = None) -> int:

@@ -48,11 +48,13 @@ from tandem.errors import (
 from tandem.logs import get_logger, new_request_id
 from tandem.metrics import Metrics
 from tandem.routing.decide import route
+from tandem.tracing import NO_SPAN, Span, Tracing
 from tandem.transport import Transport
 from tandem.wire import dialects
 from tandem.wire import openai as wire
 
 if TYPE_CHECKING:
+    from gateway.fleet import EdgeStatus
     from gateway.state import Grant, SharedState, Tenant
 
 log = get_logger("tandem.gateway")
@@ -72,11 +74,13 @@ class Admission:
 
     def take_upstream(self, upstream: Upstream) -> None:
         self.service._upstream_load[upstream.id] = self.service._upstream_load.get(upstream.id, 0) + 1
+        self.service.metrics.upstream_in_flight.labels(upstream.label).inc()
         self.upstream = upstream
 
     def drop_upstream(self) -> None:
         if self.upstream is not None:
             self.service._upstream_load[self.upstream.id] -= 1
+            self.service.metrics.upstream_in_flight.labels(self.upstream.label).dec()
             self.upstream = None
 
     def enter(self, pool: str) -> None:
@@ -110,6 +114,9 @@ class ActiveStream:
     _admission: Admission
     _service: GatewayService
     _counter: UsageCounter
+    _span: Span = NO_SPAN  # the engine attempt that answers: it ends with the stream
+    tenant: str | None = None
+    usage: Usage | None = None  # the engine's, once its usage chunk has arrived (or the count)
     _started: float = field(default_factory=time.perf_counter)
 
     async def batches(self) -> AsyncGenerator[list[Chunk], None]:
@@ -141,6 +148,7 @@ class ActiveStream:
         except StreamBroken as exc:
             assert self._admission.upstream is not None
             self._service.balancer.failed(self._admission.upstream, status=None, error=str(exc))
+            self._span.fail(f"the engine failed mid-stream: {exc}")
             raise UpstreamFailed(f"the engine failed mid-stream: {exc}") from None
         finally:
             await self.close()
@@ -149,18 +157,23 @@ class ActiveStream:
         usage = batch[-1].usage if batch else None  # usage comes last, after the final answer chunk
         if usage is not None:
             self._admission.used_tokens = usage.total_tokens
+            self.usage = usage
 
     def _count_usage(self, batch: list[Chunk]) -> None:
         """Puts the counted usage on the batch's last chunk (it has none: the engine sent none)."""
         usage = self._counter.count()
         batch[-1].usage = usage
         self._admission.used_tokens = usage.total_tokens
+        self.usage = usage
 
     async def close(self) -> None:
         # Closing the generator releases the upstream connection when the caller went away.
         with contextlib.suppress(Exception):
             await self._rest.aclose()
+        if not self._admission.released and self.usage is not None:
+            self._service.metrics.used(self.decision, self.usage, self.tenant)
         self._admission.release()
+        self._span.end()
 
 
 class GatewayService:
@@ -203,7 +216,12 @@ class GatewayService:
         self._idle = asyncio.Event()
         self._idle.set()
         self.draining = False
+        # Told of every request's route once it is decided, and of every edge's heartbeat once
+        # stored: the ops page's history of routes (`gateway/ops`).
+        self.route_listeners: list[Callable[[RouteDecision], None]] = []
+        self.heartbeat_listeners: list[Callable[[EdgeStatus], None]] = []
         self.elastic = ElasticPools(config, balancer, self.transport, self.metrics, self._upstream_load)
+        self.tracing = Tracing(config.tracing, "tandem-gateway")
 
     async def start(self) -> None:
         await self.state.start()
@@ -228,6 +246,7 @@ class GatewayService:
         await self.elastic.stop()
         await self.transport.close()
         await self.state.close()
+        self.tracing.shutdown()
 
     # --- decisions -------------------------------------------------------------------------
 
@@ -249,7 +268,7 @@ class GatewayService:
             raise PermissionDenied(
                 f"this API key's tenant ({tenant.name}) may not use the model `{req.model}`"
             )
-        decision = route(req, context_limit=asked.context_length)
+        decision = route(req, context_limit=asked.context_length, prefer=asked.prefer)
         pool = asked
         if decision.mode is Mode.NON_THINKING and asked.non_thinking_pool:
             pool = self.pool_for(asked.non_thinking_pool)
@@ -320,7 +339,8 @@ class GatewayService:
         for ignore_cooldowns in (False, True):
             for pool in pools:
                 while len(tried[pool]) < attempts:
-                    upstream = await self._choose(pool, tried[pool], ignore_cooldowns=ignore_cooldowns)
+                    with self.tracing.span("pool.choose", attributes={"tandem.pool": pool}):
+                        upstream = await self._choose(pool, tried[pool], ignore_cooldowns=ignore_cooldowns)
                     if upstream is None:
                         break
                     if not first:
@@ -430,11 +450,16 @@ class GatewayService:
         `on_hold` is awaited once, when the request starts waiting for the pool to have an
         endpoint (a face may start its answer then and keep the caller's connection alive).
         """
-        decision, pool = self.decide(req, tenant)
+        with self.tracing.span("route.decide") as span:
+            decision, pool = self.decide(req, tenant)
+            span.set("tandem.route", decision.header())
         admission = self._admit()
+        for listener in self.route_listeners:
+            listener(decision)
         failures: list[AttemptFailed] = []
         try:
-            admission.grant = await self.limits.acquire(tenant, decision.estimated_tokens)
+            with self.tracing.span("limits.admit"):
+                admission.grant = await self.limits.acquire(tenant, decision.estimated_tokens)
             admission.enter(decision.pool)
             hold_until: float | None = None
             while True:
@@ -448,7 +473,8 @@ class GatewayService:
                     hold_until = asyncio.get_running_loop().time() + pool.cold_start.timeout_seconds
                     if on_hold is not None:
                         await on_hold(decision)
-                await self.elastic.hold(pool, hold_until)
+                with self.tracing.span("pool.hold", attributes={"tandem.pool": pool.name}):
+                    await self.elastic.hold(pool, hold_until)
                 failures.clear()
         except BaseException:
             admission.release()
@@ -468,12 +494,20 @@ class GatewayService:
             async for upstream in attempts:
                 started = time.perf_counter()
                 body = self._body(req, decision, upstream, stream=True)
+                span = self.tracing.start(
+                    "engine.attempt",
+                    kind="client",
+                    attributes={"tandem.pool": upstream.pool, "tandem.endpoint": upstream.label},
+                )
+                trace_headers: dict[str, str] = {}
+                self.tracing.inject(trace_headers, span)
                 try:
                     resp = await self.relay.open(
                         upstream,
                         body,
                         first_byte_timeout=router.first_token_timeout_seconds,
                         total_timeout=router.timeout_seconds,
+                        headers=trace_headers,
                     )
                     rest = stream_chunks(resp)
                     try:
@@ -492,8 +526,13 @@ class GatewayService:
                                 raise refused from None
                         raise AttemptFailed(f"{upstream.id}: {exc}") from None
                 except AttemptFailed as exc:
+                    span.fail(exc.message)
+                    span.end()
                     self._fail(upstream, exc, failures)
                     continue
+                except BaseException:
+                    span.end()
+                    raise
                 latency = time.perf_counter() - started
                 self._succeeded(upstream, latency)
                 self.metrics.first_token.observe(latency)
@@ -508,6 +547,8 @@ class GatewayService:
                     _admission=admission,
                     _service=self,
                     _counter=UsageCounter(req, upstream.model),
+                    _span=span,
+                    tenant=req.tenant,
                 )
         return None
 
@@ -525,6 +566,10 @@ class GatewayService:
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    def upstream_in_flight(self, upstream_id: str) -> int:
+        """This gateway's requests on one endpoint now."""
+        return self._upstream_load.get(upstream_id, 0)
 
 
 def _request_error(exc: AttemptFailed) -> TandemError:

@@ -24,6 +24,7 @@ from rich.table import Table
 from registry.errors import RegistryError
 from registry.reference import Reference, parse_reference
 from tandem import logs
+from tandem.command_errors import CommandFailed
 from tandem.transport import HttpClient, Transport
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -98,9 +99,8 @@ def _run(as_json: bool, fn: Callable[[], None]) -> None:
     except RegistryError as exc:
         if as_json:
             click.echo(json.dumps({"error": exc.message, "kind": type(exc).__name__}))
-        else:
-            Console(stderr=True).print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+            sys.exit(exc.exit_code)
+        raise CommandFailed(exc.message, exit_code=exc.exit_code) from None
     except KeyboardInterrupt:
         click.echo("interrupted; a later pull resumes where this one stopped", err=True)
         sys.exit(130)

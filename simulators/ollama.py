@@ -3,18 +3,21 @@
 Inference: `POST /api/chat`, `POST /api/generate` (NDJSON streams by default, `think`,
 `format`, tools, `options.num_predict`, `keep_alive`), with Ollama's scheduler behaviour:
 `num_parallel` requests per model, a bounded queue (503 beyond it), cold loads after
-`keep_alive` expiry. Library: `/api/tags`, `/api/ps`, `/api/show`, `/api/version`, `GET /`,
-`HEAD|POST /api/blobs/sha256:<hex>`, `/api/create`, `/api/copy`, `DELETE /api/delete`.
-Wire shapes and error texts follow Ollama's server (see /work/shared/protocols.md).
+`keep_alive` expiry; an empty chat or generate loads the model (`keep_alive` 0: unloads it).
+Embeddings: `/api/embed`, `/api/embeddings`. Ollama's OpenAI-compatible layer:
+`/v1/completions`, `/v1/embeddings` (`simulators/ollama_openai.py`). Library: `/api/tags`,
+`/api/ps`, `/api/show`, `/api/version`, `GET /`, `HEAD|POST /api/blobs/sha256:<hex>`,
+`/api/create`, `/api/copy`, `DELETE /api/delete`. Wire shapes and error texts follow Ollama's
+server (see /work/shared/protocols.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -27,6 +30,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from simulators import ollama_openai as compat
 from simulators.faults import Faults
 from simulators.ollama_models import (
     CreateError,
@@ -40,8 +44,9 @@ from simulators.prompt import TokenCounter, render_chatml, token_ids
 from simulators.server import SimServer, json_response
 from simulators.stream import Outcome, Pace, Stream, StreamWriter
 from simulators.textgen import Pieces, TextGenerator, choose_tool, tool_arguments
+from tandem.wire.ollama import parse_keep_alive
 
-__all__ = ["OllamaModel", "OllamaSimConfig", "OllamaSimulator"]
+__all__ = ["OllamaModel", "OllamaSimConfig", "OllamaSimulator", "parse_keep_alive"]
 
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
 RUNNER_DIED = "llama runner process has terminated: exit status 2"
@@ -49,8 +54,6 @@ _NDJSON = "application/x-ndjson"
 _BLOB_BATCH = 4 << 20
 _THINK_LEVELS = ("high", "medium", "low")
 _THINK_SCALE = {"low": 0.5, "medium": 1.0, "high": 2.0}
-_DURATION = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|µs|ms|s|m|h)")
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 @dataclass(slots=True)
@@ -94,37 +97,6 @@ class OllamaSimConfig:
 
     def model_specs(self) -> list[OllamaModel]:
         return [m if isinstance(m, OllamaModel) else OllamaModel(name=m) for m in self.models]
-
-
-def parse_keep_alive(value: Any, default: float) -> float:
-    """Seconds a model stays loaded after a request (math.inf = forever), as Ollama reads it:
-    a number of seconds or a Go duration string ("5m", "1h30m"); negative means forever."""
-    if value is None:
-        return default
-    if isinstance(value, bool):
-        raise ValueError("json: cannot unmarshal bool into Go value of type time.Duration")
-    if isinstance(value, int | float):
-        return math.inf if value < 0 else float(value)
-    if not isinstance(value, str):
-        raise ValueError("json: cannot unmarshal into Go value of type time.Duration")
-    text = value.strip()
-    sign = -1.0 if text.startswith("-") else 1.0
-    body = text.lstrip("+-")
-    if body == "0":
-        return 0.0
-    if not body:
-        raise ValueError(f'time: invalid duration "{value}"')
-    if body.replace(".", "", 1).isdigit():
-        raise ValueError(f'time: missing unit in duration "{value}"')
-    pos, seconds = 0, 0.0
-    for match in _DURATION.finditer(body):
-        if match.start() != pos:
-            break
-        seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if pos != len(body):
-        raise ValueError(f'time: invalid duration "{value}"')
-    return math.inf if sign < 0 else seconds
 
 
 class _BadRequest(Exception):
@@ -249,6 +221,10 @@ class OllamaSimulator(SimServer):
         r.add_post("/api/show", self._show)
         r.add_post("/api/chat", self._chat)
         r.add_post("/api/generate", self._generate)
+        r.add_post("/api/embed", self._embed)
+        r.add_post("/api/embeddings", self._embeddings)
+        r.add_post("/v1/completions", self._v1_completions)
+        r.add_post("/v1/embeddings", self._v1_embeddings)
         r.add_route("HEAD", "/api/blobs/{digest}", self._head_blob)
         r.add_post("/api/blobs/{digest}", self._post_blob)
         r.add_post("/api/create", self._create)
@@ -357,8 +333,43 @@ class OllamaSimulator(SimServer):
         except _BadRequest as exc:
             return self._error(exc.status, exc.message)
 
+    async def _v1_completions(self, request: web.Request) -> web.StreamResponse:
+        """`/v1/completions`: the native generate, its answer rendered as OpenAI's."""
+        task = self._track()
+        try:
+            timings = _Timings(start=asyncio.get_running_loop().time())
+            try:
+                body = compat.parse(await request.read())
+                native = compat.generate_body(body)
+            except compat.OpenAIError as exc:
+                return compat.error_response(exc.status, exc.message)
+            self._record(body)
+            answer_now = await self._entry_faults(native)
+            if answer_now is not None:
+                return self._as_openai_error(answer_now)
+            completion = compat.Completion(body, self._text.key(str(native["prompt"]), None))
+            try:
+                return await self._run(request, native, False, timings, completion)
+            except _BadRequest as exc:
+                return compat.error_response(exc.status, exc.message)
+        finally:
+            self._untrack(task)
+
+    @staticmethod
+    def _as_openai_error(native: web.Response) -> web.Response:
+        message = ""
+        if isinstance(native.body, bytes):
+            with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
+                message = str(orjson.loads(native.body).get("error", ""))
+        return compat.error_response(native.status, message or f"HTTP {native.status}")
+
     async def _run(
-        self, request: web.Request, body: dict[str, Any], chat: bool, timings: _Timings
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        chat: bool,
+        timings: _Timings,
+        completion: compat.Completion | None = None,
     ) -> web.StreamResponse:
         name = body.get("model")
         if not isinstance(name, str) or not name:
@@ -384,10 +395,15 @@ class OllamaSimulator(SimServer):
         try:
             await self._load(runner, entry, options, timings)
             if not messages:
+                if completion is not None:  # Ollama's middleware renders the load as a completion
+                    loaded = {"model": name, "created_at": rfc3339(), "response": "", "done_reason": "load"}
+                    return json_response(completion.whole(loaded), charset="utf-8")
                 return self._done_now(name, chat, "load")
             answer = self._answer(entry, body, messages, think, options, runner)
             if body.get("stream", True) is False:
-                return await self._complete(request, name, chat, answer, timings)
+                return await self._complete(request, name, chat, answer, timings, completion)
+            if completion is not None:
+                return await self._stream_completion(request, name, answer, timings, completion)
             return await self._stream(request, name, chat, answer, timings)
         finally:
             self._release(runner, keep_alive)
@@ -557,7 +573,13 @@ class OllamaSimulator(SimServer):
         return out | metrics
 
     async def _complete(
-        self, request: web.Request, name: str, chat: bool, answer: _Answer, timings: _Timings
+        self,
+        request: web.Request,
+        name: str,
+        chat: bool,
+        answer: _Answer,
+        timings: _Timings,
+        completion: compat.Completion | None = None,
     ) -> web.StreamResponse:
         prompt_done = asyncio.get_running_loop().time()
         delay = self._pace.total(answer.eval_count)
@@ -569,6 +591,8 @@ class OllamaSimulator(SimServer):
                 request.transport.close()
             raise asyncio.CancelledError
         if faults.error_after is not None:
+            if completion is not None:
+                return self._as_openai_error(self._error_response(faults.error_status, faults.error_message))
             return self._error_response(faults.error_status, faults.error_message)
         first = prompt_done + self._pace.ttft
         final = self._final(name, chat, answer, timings, first)
@@ -584,6 +608,8 @@ class OllamaSimulator(SimServer):
             final["response"] = answer.content.text()
             if len(answer.thinking):
                 final = {"response": final.pop("response"), "thinking": answer.thinking.text(), **final}
+        if completion is not None:
+            return json_response(completion.whole(body | final), charset="utf-8")
         return json_response(body | final, charset="utf-8")
 
     async def _stream(
@@ -632,6 +658,173 @@ class OllamaSimulator(SimServer):
         if outcome is Outcome.ERROR_NOT_STARTED:
             return self._error_response(faults.error_status, faults.error_message)
         return response
+
+    async def _stream_completion(
+        self,
+        request: web.Request,
+        name: str,
+        answer: _Answer,
+        timings: _Timings,
+        completion: compat.Completion,
+    ) -> web.StreamResponse:
+        """A `/v1/completions` stream: a chunk per native generate line (a thinking line gives
+        an empty text, as through Ollama's middleware), the finish, usage when asked, [DONE]."""
+        created = int(time.time())
+        events = [completion.chunk(name, created, "", None) for _ in answer.thinking.texts]
+        events += [completion.chunk(name, created, text, None) for text in answer.content.texts]
+        if answer.tool_calls:
+            events.append(completion.chunk(name, created, "", None))
+        writer: StreamWriter | None = None
+
+        def finish() -> bytes:
+            first = writer.first_token_at if writer is not None else None
+            final = self._final(name, False, answer, timings, first)
+            out = completion.chunk(name, created, "", str(final["done_reason"]))
+            if completion.include_usage:
+                out += completion.usage_chunk(name, created, final)
+            return out + compat.DONE
+
+        faults = self.faults
+        stream = Stream(
+            events=events,
+            first_token=0,
+            frame=b"".join,
+            finish=finish,
+            error_event=compat.error_event(faults.error_message or RUNNER_DIED),
+            status_error_before_start=True,
+        )
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        writer = StreamWriter(request, response)
+        outcome = await writer.send(stream, self._pace, faults)
+        if outcome is Outcome.DISCONNECTED:
+            raise asyncio.CancelledError
+        if outcome is Outcome.ERROR_NOT_STARTED:
+            return self._as_openai_error(self._error_response(faults.error_status, faults.error_message))
+        return response
+
+    # -- embeddings --------------------------------------------------------------------------
+
+    async def _embed(self, request: web.Request) -> web.Response:
+        """`/api/embed`: normalized vectors for `input` (a string or a list of strings)."""
+        task = self._track()
+        try:
+            try:
+                body = await self._body(request)
+                return await self._embed_native(body)
+            except _BadRequest as exc:
+                return self._error(exc.status, exc.message)
+        finally:
+            self._untrack(task)
+
+    async def _v1_embeddings(self, request: web.Request) -> web.Response:
+        task = self._track()
+        try:
+            try:
+                body = compat.parse(await request.read())
+                native = compat.embed_body(body)
+                answer = await self._embed_native(native)
+            except compat.OpenAIError as exc:
+                return compat.error_response(exc.status, exc.message)
+            except _BadRequest as exc:
+                return compat.error_response(exc.status, exc.message)
+            if answer.status != 200:
+                return self._as_openai_error(answer)
+            assert isinstance(answer.body, bytes)
+            fmt = str(body.get("encoding_format") or "float")
+            listing = compat.embedding_list(str(body.get("model")), orjson.loads(answer.body), fmt)
+            return json_response(listing, charset="utf-8")
+        finally:
+            self._untrack(task)
+
+    async def _embed_native(self, body: dict[str, Any]) -> web.Response:
+        timings = _Timings(start=asyncio.get_running_loop().time())
+        self._record(body)
+        answer_now = await self._entry_faults(body)
+        if answer_now is not None:
+            return answer_now
+        name = body.get("model")
+        try:
+            inputs = compat.embed_inputs(body.get("input"))
+        except ValueError as exc:
+            raise _BadRequest(str(exc)) from None
+        entry, runner, keep_alive, options = self._embedding_runner(body)
+        dimensions = body.get("dimensions")
+        await self._acquire(runner)
+        try:
+            await self._load(runner, entry, options, timings)
+            loaded = asyncio.get_running_loop().time()
+            if not inputs:
+                return json_response({"model": name, "embeddings": []}, charset="utf-8")
+            limit = runner.num_ctx or entry.spec.context_length
+            counts = [self._count(text) for text in inputs]
+            if body.get("truncate") is False and max(counts) > limit:
+                raise _BadRequest("input exceeds maximum context length")
+            vectors = []
+            for text in inputs:
+                vector = compat.normalize(compat.raw_vector(entry.name, text, self._embedding_length(entry)))
+                if isinstance(dimensions, int) and 0 < dimensions < len(vector):
+                    vector = compat.normalize(vector[:dimensions])
+                vectors.append(vector)
+            end = asyncio.get_running_loop().time()
+            answer = {
+                "model": name,
+                "embeddings": vectors,
+                "total_duration": max(1, int((end - timings.start) * 1e9)),
+                "load_duration": max(1, int((loaded - timings.start) * 1e9)),
+                "prompt_eval_count": sum(min(c, limit) for c in counts),
+            }
+            return json_response(answer, charset="utf-8")
+        finally:
+            self._release(runner, keep_alive)
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        """`/api/embeddings` (the older API): one raw vector for `prompt`; empty loads the model."""
+        task = self._track()
+        try:
+            timings = _Timings(start=asyncio.get_running_loop().time())
+            try:
+                body = await self._body(request)
+                self._record(body)
+                answer_now = await self._entry_faults(body)
+                if answer_now is not None:
+                    return answer_now
+                entry, runner, keep_alive, options = self._embedding_runner(body)
+            except _BadRequest as exc:
+                return self._error(exc.status, exc.message)
+            prompt = body.get("prompt") if isinstance(body.get("prompt"), str) else ""
+            await self._acquire(runner)
+            try:
+                await self._load(runner, entry, options, timings)
+                if not prompt:
+                    return json_response({"embedding": []}, charset="utf-8")
+                vector = compat.raw_vector(entry.name, prompt, self._embedding_length(entry))
+                return json_response({"embedding": vector}, charset="utf-8")
+            finally:
+                self._release(runner, keep_alive)
+        finally:
+            self._untrack(task)
+
+    def _embedding_runner(self, body: dict[str, Any]) -> tuple[ModelEntry, _Runner, float, dict[str, Any]]:
+        """The model an embedding call names, its runner, keep_alive and options, or Ollama's
+        refusal (no model: 400, unknown: 404, a bad keep_alive: 400)."""
+        name = body.get("model")
+        if not isinstance(name, str) or not name:
+            raise _BadRequest("model is required")
+        entry = self.library.get(name)
+        if entry is None:
+            raise _BadRequest(f'model "{name}" not found, try pulling it first', 404)
+        try:
+            keep_alive = parse_keep_alive(body.get("keep_alive"), self._default_keep_alive)
+        except ValueError as exc:
+            raise _BadRequest(str(exc)) from None
+        options = body["options"] if isinstance(body.get("options"), dict) else {}
+        return entry, self._runner(entry), keep_alive, options
+
+    @staticmethod
+    def _embedding_length(entry: ModelEntry) -> int:
+        info = entry.model_info()
+        length = next((v for k, v in info.items() if k.endswith(".embedding_length")), None)
+        return length if isinstance(length, int) and length > 0 else 768
 
     # -- blobs and the library ---------------------------------------------------------------
 

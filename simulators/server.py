@@ -50,6 +50,9 @@ class SimServer:
         self._initial_faults = config.faults
         self._injector = FaultInjector(config.faults, config.seed)
         self._requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=config.max_recorded)
+        # The W3C `traceparent` each of those requests carried (None without one): vLLM started
+        # with `--otlp-traces-endpoint` continues the caller's trace from it.
+        self._traceparents: collections.deque[str | None] = collections.deque(maxlen=config.max_recorded)
         self._max_body_size = config.max_body_size
         self._app_runner: web.AppRunner | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
@@ -136,14 +139,21 @@ class SimServer:
         """The recent request bodies received on the inference endpoints, oldest first."""
         return list(self._requests)
 
+    @property
+    def traceparents(self) -> list[str | None]:
+        """The `traceparent` header of each recorded request, oldest first."""
+        return list(self._traceparents)
+
     def reset(self) -> None:
         """The faults it started with, an empty request log, and engine state as at start."""
         self._injector.set(self._initial_faults)
         self._requests.clear()
+        self._traceparents.clear()
         self._reset_state()
 
-    def _record(self, body: dict[str, Any]) -> None:
+    def _record(self, body: dict[str, Any], traceparent: str | None = None) -> None:
         self._requests.append(body)
+        self._traceparents.append(traceparent)
 
     # -- hooks for the engines ---------------------------------------------------------------
 

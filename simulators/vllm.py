@@ -269,7 +269,7 @@ class VllmSimulator(SimServer):
             return self._error(400, f"JSON decode error: {exc}")
         if not isinstance(body, dict):
             return self._error(400, "Input should be a valid dictionary or object to extract fields from")
-        self._record(body)
+        self._record(body, request.headers.get("traceparent"))
         answer_now = await self._entry_faults(body)
         if answer_now is not None:
             return answer_now

@@ -132,6 +132,10 @@ class RouteDecision:
     confidence: float = 1.0
     pool: str = ""
     deployment: str = ""
+    # When the classifier chose the mode: its terms in log-odds of thinking (`rules`, `model`,
+    # `bias`, `prefer`; thinking when they sum above 0) and the rules' signals that fired.
+    contributions: dict[str, float] = field(default_factory=dict)
+    signals: tuple[str, ...] = ()
 
     def header(self) -> str:
         """The `x-tandem-route` value, identical on every face of both processes."""

@@ -56,17 +56,18 @@ def load_config(
             raise ConfigError(f"{path}: the top level must be a mapping of keys, not {type(loaded).__name__}")
         data = loaded or {}
     overrides = _env_overrides(env if env is not None else os.environ, model, env_skip)
-    for keys, value in overrides:
+    for _, keys, value in overrides:
         _set_path(data, keys, value)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(source, exc)) from None
+        setters = [(name, keys) for name, keys, _ in overrides]
+        raise ConfigError(_describe(source, exc, setters)) from None
 
 
 def _env_overrides(
     env: Mapping[str, str], model: type[BaseModel], skip: frozenset[str]
-) -> list[tuple[list[str], Any]]:
+) -> list[tuple[str, list[str], Any]]:
     known = set(model.model_fields)
     out = []
     for name, raw in sorted(env.items()):
@@ -77,7 +78,7 @@ def _env_overrides(
         # share one environment in `tandem up` and must not reject each other's settings.
         if keys[0] not in known or keys[0] in skip:
             continue
-        out.append((keys, _env_value(raw)))
+        out.append((name, keys, _env_value(raw)))
     return out
 
 
@@ -104,10 +105,15 @@ def _set_path(data: dict[str, Any], keys: list[str], value: Any) -> None:
     node[keys[-1]] = value
 
 
-def _describe(source: str, exc: ValidationError) -> str:
-    lines = [f"{source}: invalid configuration"]
+def _describe(source: str, exc: ValidationError, setters: list[tuple[str, list[str]]]) -> str:
+    """One line per problem, each saying where the bad value came from: an environment
+    variable (it overrides the file, so a typo there must not be blamed on the file) or `source`."""
+    lines = [f"{source}: invalid configuration" if not setters else "invalid configuration"]
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(loc) or "(top level)"
+        origin = next((name for name, keys in setters if loc[: len(keys)] == keys), None)
+        where = f" (from {origin})" if origin else (f" (from {source})" if setters else "")
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -115,5 +121,5 @@ def _describe(source: str, exc: ValidationError) -> str:
         shown = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {given!r})"
         if any(s in key.lower() for s in ("key", "password", "secret", "token")):
             shown = ""  # never echo something that may be a secret
-        lines.append(f"  {key}: {msg}{shown}")
+        lines.append(f"  {key}: {msg}{shown}{where}")
     return "\n".join(lines)

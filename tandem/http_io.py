@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import socket
 import time
 import zlib
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,6 +27,7 @@ from aiohttp.web_protocol import RequestHandler
 from tandem.chat import Chunk, RouteDecision
 from tandem.errors import BadRequest, PayloadTooLarge, TandemError, UnsupportedEncoding
 from tandem.logs import callers_request_id, get_logger, new_request_id
+from tandem.tracing import Tracing
 from tandem.wire import openai as openai_wire
 
 log = get_logger("tandem.http")
@@ -136,7 +139,48 @@ class HttpSite(web.TCPSite):
         return port
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Raises OSError (EADDRINUSE, EACCES) when `host:port` cannot be listened on. A process
+    asks this before it starts anything, so that a taken port ends it with one line instead
+    of whatever its half-started parts log. (gRPC binds with SO_REUSEPORT: without this check a
+    second gateway on the same port would start and split the traffic with the first.)"""
+    if port == 0:
+        return
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no obstacle
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                # Taken or forbidden; anything else (a family this host lacks) is the server's to judge.
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                    raise
+
+
 # --- requests ----------------------------------------------------------------------------------
+
+
+async def traced(
+    tracing: Tracing,
+    name: str,
+    face: str,
+    request: web.Request,
+    handle: Callable[[], Awaitable[web.StreamResponse]],
+) -> web.StreamResponse:
+    """Runs a chat handler inside a server span whose parent is the caller's `traceparent`;
+    the span gets the face, the status and the route (`x-tandem-route`). With tracing off the
+    handler runs as it is."""
+    if not tracing.enabled:
+        return await handle()
+    with tracing.span(name, kind="server", carrier=request.headers) as span:
+        span.set("tandem.face", face)
+        resp = await handle()
+        span.set("http.response.status_code", resp.status)
+        if route := resp.headers.get(openai_wire.ROUTE_HEADER):
+            span.set("tandem.route", route)
+        if resp.status >= 500:
+            span.fail(f"HTTP {resp.status}")
+        return resp
 
 
 def request_id(request: web.Request) -> str:

@@ -191,6 +191,48 @@ ollama_generate = _object(
     ("model", "prompt"),
 )
 
+# The rest of Ollama's client API (the edge serves it: edge_agent/local_api.py).
+_EMBED_MODELS = _maybe(st.sampled_from(["qwen3:14b", "qwen3-14b", "qwen3-32b", "missing:7b"]))
+ollama_show = _object({"model": _EMBED_MODELS, "name": anything, "verbose": anything}, ("model",))
+ollama_embed = _object(
+    {
+        "model": _EMBED_MODELS,
+        "input": _maybe(st.text(max_size=20) | st.lists(st.text(max_size=10), max_size=3)),
+        "prompt": _maybe(st.text(max_size=20)),
+        "truncate": anything,
+        "dimensions": anything,
+        "options": _maybe(options),
+        "keep_alive": anything,
+    },
+    ("model",),
+)
+openai_embeddings = _object(
+    {
+        "model": _EMBED_MODELS,
+        "input": _maybe(st.text(max_size=20) | st.lists(st.text(max_size=10), max_size=3)),
+        "encoding_format": _maybe(st.sampled_from(["float", "base64", "hex"])),
+        "dimensions": anything,
+        "user": anything,
+    },
+    ("model", "input"),
+)
+openai_completions = _object(
+    {
+        "model": _EMBED_MODELS,
+        "prompt": _maybe(st.text(max_size=40)),
+        "suffix": anything,
+        "max_tokens": anything,
+        "temperature": anything,
+        "top_p": anything,
+        "stop": _maybe(st.lists(st.text(max_size=5), max_size=5) | st.text(max_size=5)),
+        "stream": _maybe(st.booleans()),
+        "stream_options": _maybe(_object({"include_usage": anything})),
+        "seed": anything,
+        "echo": anything,
+    },
+    ("model", "prompt"),
+)
+
 # --- requests ---------------------------------------------------------------------------------
 
 

@@ -83,6 +83,10 @@ class Balancer(Protocol):
         attempt for the strategy and counts neither for nor against the endpoint."""
         ...
 
+    async def cooling(self, pool: str) -> frozenset[str]:
+        """The ids of `pool`'s endpoints cooling down now (the ops page)."""
+        ...
+
     def fallbacks(self, pool: str) -> list[str]:
         """Pools to try, in order, when every endpoint of `pool` failed."""
         ...

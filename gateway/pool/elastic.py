@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Gauge
 
-from gateway.config import GatewayConfig, Pool
+from gateway.config import ColdStart, GatewayConfig, Pool
 from gateway.pool import Balancer, Upstream, deployment_id
 from gateway.pool.discovery import Address, Change, DnsEndpoints, EndpointWatch
 from gateway.pool.load import LoadScraper, ScrapeTarget, metrics_url
@@ -45,10 +45,9 @@ log = get_logger("tandem.gateway.pool")
 # cooling down, or refusing connections while their engine loaded, may take it now.
 RECHECK_S = 1.0
 
-# What a cold pool is expected to take to serve again, for the wait the Heartbeat reply
-# estimates: a vLLM pod's scheduling, image start and model load (Qwen3-14B: about a minute).
-# A constant until a pool can say it (a `cold_start.expected_seconds` in gateway/config.py).
-EXPECTED_COLD_START_S = 60.0
+# What a cold pool without a `cold_start` section is expected to take to serve again (the
+# section's own default): a vLLM pod's scheduling, image start and model load.
+EXPECTED_COLD_START_S = ColdStart().expected_seconds
 
 
 class ElasticPools:
@@ -71,7 +70,7 @@ class ElasticPools:
         self._joined: dict[str, asyncio.Event] = {p.name: asyncio.Event() for p in config.pools}
         self.load: LoadScraper | None = None
         if config.router.strategy == "least-loaded":
-            self.load = LoadScraper(transport, config.router.load_scrape)
+            self.load = LoadScraper(transport, config.router.load_scrape, own=in_flight)
             balancer.attach_load(self.load, in_flight)
         self._export(metrics)
 
@@ -92,8 +91,13 @@ class ElasticPools:
             "tandem_pool_endpoints", "Endpoints a pool has now (discovered or configured)", ["pool"],
             registry=metrics.registry,
         )  # fmt: skip
+        in_flight = Gauge(
+            "tandem_pool_in_flight", "Requests a pool's endpoints are answering now", ["pool"],
+            registry=metrics.registry,
+        )  # fmt: skip
         for pool in self.config.pools:
             demand.labels(pool.name).set_function(functools.partial(self.demand, pool.name))
+            in_flight.labels(pool.name).set_function(functools.partial(self._on_endpoints, pool.name))
             held.labels(pool.name).set_function(functools.partial(self._held.__getitem__, pool.name))
             endpoints.labels(pool.name).set_function(
                 functools.partial(lambda name: len(self._balancer.upstreams(name)), pool.name)
@@ -172,6 +176,9 @@ class ElasticPools:
 
     # --- demand and holding ------------------------------------------------------------------
 
+    def _on_endpoints(self, pool: str) -> int:
+        return self._in_flight.get(pool, 0) - self._held.get(pool, 0)
+
     def demand(self, pool: str) -> int:
         """Requests `pool` has: those on an endpoint and those held for one (a held request has
         entered the pool already, so it is counted once)."""
@@ -248,7 +255,7 @@ class PoolStates:
     Cold means no request would start now: the pool has no endpoint, or it holds requests
     (every endpoint refused them or is cooling down). The time a pool went cold is noted when
     a reply first sees it cold; edges send heartbeats every few seconds, so that is late by
-    at most about one heartbeat interval. The estimated wait is `EXPECTED_COLD_START_S` minus
+    at most about one heartbeat interval. The estimated wait is `cold_start.expected_seconds` minus
     the time cold so far, at least `RECHECK_S` (it is cold now: the wait is not zero) and at
     most the pool's `cold_start.timeout_seconds` (a held request is refused after that).
     """
@@ -269,7 +276,8 @@ class PoolStates:
             return PoolState(pool.name, aliases, Readiness.WARM, endpoints, held, 0.0, 0.0)
         now = self._clock()
         cold_for = now - self._cold_since.setdefault(pool.name, now)
-        wait = max(EXPECTED_COLD_START_S - cold_for, RECHECK_S)
+        expected = pool.cold_start.expected_seconds if pool.cold_start else EXPECTED_COLD_START_S
+        wait = max(expected - cold_for, RECHECK_S)
         if pool.cold_start is not None:
             wait = min(wait, pool.cold_start.timeout_seconds)
         return PoolState(pool.name, aliases, Readiness.COLD, endpoints, held, cold_for, wait)

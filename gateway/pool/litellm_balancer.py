@@ -182,6 +182,11 @@ class LitellmBalancer:
         self._feedback.started(upstream)
         return upstream
 
+    async def cooling(self, pool: str) -> frozenset[str]:
+        """The ids of `pool`'s endpoints cooling down now (as `choose` sees them)."""
+        name = self._names.get(pool)
+        return frozenset() if name is None else await self._cooling(name)
+
     async def _cooling(self, pool: str) -> frozenset[str]:
         """The endpoints of `pool` in litellm's cooldown store, read at most every
         `COOLING_VIEW_S` (each read costs ~30 us of litellm's bookkeeping; under load that is

@@ -1,6 +1,6 @@
 """Each engine's live load, read from its Prometheus `/metrics`, and a least-loaded score from it.
 
-A building block of the elastic pool (docs/elastic-pool.md), not yet wired into the balancer.
+Part of the elastic pool (docs/elastic-pool.md): the `least-loaded` strategy's input.
 
 `LoadScraper` reads every endpoint's `/metrics` every `interval_seconds` (all endpoints at
 once, each bounded by `timeout_seconds`) over the process's one `Transport`, and keeps per
@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import Field, model_validator
@@ -61,11 +61,10 @@ class LoadScrape(Section):
 
 
 class LeastLoadedWeights(Section):
-    """Weights of the least-loaded score (see `score`)."""
+    """Weights of the least-loaded score (see `score`), in units of one request in flight."""
 
-    waiting: float = Field(4.0, ge=0, description="per request queued at the engine")
-    running: float = Field(1.0, ge=0, description="per request in the engine's batch")
-    kv_usage: float = Field(8.0, ge=0, description="for a full KV cache (scaled by its use, 0..1)")
+    waiting: float = Field(1.0, ge=0, description="extra, per request queued at the engine")
+    kv_usage: float = Field(4.0, ge=0, description="for a full KV cache (scaled by its use, 0..1)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +75,7 @@ class EngineLoad:
     running: float
     kv_usage: float  # 0..1
     read_at: float  # the event loop's clock (`loop.time()`)
+    own_at_read: int = 0  # the gateway's own requests in flight to the engine when it was read
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,28 +141,25 @@ def score(load: EngineLoad | None, in_flight: int, weights: LeastLoadedWeights) 
     `load` is a fresh reading (None when there is none, or it is stale); `in_flight` is the
     gateway's own requests to that endpoint now. With a reading:
 
-        waiting * W_waiting + running * W_running + kv_usage * W_kv + in_flight
+        in_flight + others + waiting * W_waiting + kv_usage * W_kv
+        others = max(0, waiting + running - own_at_read)
 
-    A queued request means the engine is at its batch or cache limit, so a new one waits behind
-    every queued one: queue depth dominates (4 per request). A running request costs a new one
-    little (batching shares the decode step), 1 each. KV use matters as it nears full, when vLLM
-    starts queueing and preempting before `waiting` shows it: a full cache counts as 8 running
-    requests. The gateway's own in-flight count is added because a reading is up to one interval
-    old: requests sent since are not in it, and without it every choice between two reads would
-    go to the same endpoint.
+    The gateway's own requests are counted from its live count, never from the reading: a
+    reading is up to an interval old, and a score that took the gateway's own work from it
+    would send everything to whichever engine looked idle at the last read until the next one
+    (herding; measured in bench/pool_strategies.py before this form). What the reading adds is
+    what only the engine knows: requests from *others* (other gateway replicas, batch workers,
+    direct clients), taken as its total less the gateway's own at the time of the read, which
+    change slowly; queueing (`waiting` > 0: the engine is at its batch or KV limit, and a new
+    request waits for a slot, so a queued request counts extra); and a KV cache near full
+    (vLLM queues and preempts before `waiting` shows it).
 
-    Without a reading the gateway's in-flight requests are the best guess of what runs there:
-    `in_flight * (W_running + 1)`, so such an endpoint is compared on the same scale as the
-    others (an idle one is 0, as an idle read one is).
+    Without a reading the score is the gateway's own in-flight count, the same scale.
     """
     if load is None:
-        return in_flight * (weights.running + 1.0)
-    return (
-        load.waiting * weights.waiting
-        + load.running * weights.running
-        + load.kv_usage * weights.kv_usage
-        + in_flight
-    )
+        return float(in_flight)
+    others = max(0.0, load.waiting + load.running - load.own_at_read)
+    return in_flight + others + load.waiting * weights.waiting + load.kv_usage * weights.kv_usage
 
 
 class LoadScraper:
@@ -172,9 +169,17 @@ class LoadScraper:
     discovered or removed), keeping the readings of those that stay.
     """
 
-    def __init__(self, transport: Transport, config: LoadScrape | None = None) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        config: LoadScrape | None = None,
+        own: Mapping[str, int] | None = None,
+    ) -> None:
+        """`own`: the gateway's requests in flight per endpoint, read when each page arrives
+        (`EngineLoad.own_at_read`), so that `score` can tell the gateway's work from others'."""
         self.config = config or LoadScrape()
         self._transport = transport
+        self._own: Mapping[str, int] = own if own is not None else {}
         self._targets: dict[str, ScrapeTarget] = {}
         self._loads: dict[str, EngineLoad] = {}
         self._failing: dict[str, str] = {}  # endpoint id -> why its last read failed
@@ -248,9 +253,12 @@ class LoadScraper:
                     if length > _MAX_BODY:
                         raise MalformedMetrics(f"a {length}-byte page")
                     body = await response.read()
+                    own = self._own.get(name, 0)  # as the engine counted when it wrote the page
                 finally:
                     response.release()
-            reading = parse_load(body.decode("utf-8", "replace"), target.model, loop.time())
+            reading = replace(
+                parse_load(body.decode("utf-8", "replace"), target.model, loop.time()), own_at_read=own
+            )
         except (TimeoutError, Unreachable, MalformedMetrics, ValueError) as exc:
             self._failed(name, target, str(exc) or "no answer within the timeout")
             return

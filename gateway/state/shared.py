@@ -67,4 +67,6 @@ def static_tenants(configured: list[StaticTenant]) -> MemoryTenants:
             store.add_digest(t.name, digest)
         for edge_key in t.edge_keys:
             store.add_digest(t.name, edge_key.sha256, role="edge", edge=edge_key.edge)
+        for digest in t.admin_key_sha256:
+            store.add_digest(t.name, digest, role="admin")
     return store

@@ -10,11 +10,12 @@ digits of the digest, which is safe to show.
 A tenant has its allowed models (pool names or aliases; none listed: every model) and its
 limits: requests per minute, tokens per minute, concurrent streams (0: unlimited).
 
-A key has a role: `tenant` (the default, and what a key stored before roles existed reads as)
-or `edge`. An edge key is an edge agent's credential: it may call `Heartbeat` (a tenant key may
-not), and still belongs to a tenant, whose models and limits apply to the user work the edge
-forwards. An edge key may name the one edge it speaks for (`edge`); it can then report only
-that edge's status.
+A key has a role: `tenant` (the default, and what a key stored before roles existed reads as),
+`edge` or `admin`. An admin key is an operator's: it may read the gateway's ops page (`/ops/`,
+which no other key may) and otherwise calls the API as its tenant. An edge key is an edge
+agent's credential: it may call `Heartbeat` (a tenant key may not), and still belongs to a
+tenant, whose models and limits apply to the user work the edge forwards. An edge key may name
+the one edge it speaks for (`edge`); it can then report only that edge's status.
 
 Redis layout (prefix `tandem:` by default):
 
@@ -48,8 +49,8 @@ TENANT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # default), printable and short.
 EDGE_NAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,256}$")
 
-Role = Literal["tenant", "edge"]
-ROLES: tuple[Role, ...] = ("tenant", "edge")
+Role = Literal["tenant", "edge", "admin"]
+ROLES: tuple[Role, ...] = ("tenant", "edge", "admin")
 
 
 def new_key() -> str:
@@ -104,6 +105,10 @@ class Principal:
     def is_edge(self) -> bool:
         return self.role == "edge"
 
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
 
 @dataclass(frozen=True, slots=True)
 class KeyRecord:
@@ -149,7 +154,9 @@ class KeyRecord:
 
 def _role(value: object) -> Role:
     """A stored role; anything else (a key from before roles) is a tenant key."""
-    return "edge" if value in ("edge", b"edge") else "tenant"
+    if value in ("edge", b"edge"):
+        return "edge"
+    return "admin" if value in ("admin", b"admin") else "tenant"
 
 
 def check_key_role(role: str, edge: str = "") -> tuple[Role, str]:
@@ -160,7 +167,7 @@ def check_key_role(role: str, edge: str = "") -> tuple[Role, str]:
         raise ValueError(f"edge {edge!r}: use 1-256 letters, digits, '.', '_', ':', '@' or '-'")
     if edge and role != "edge":
         raise ValueError("only an edge key names an edge (role edge)")
-    return ("edge" if role == "edge" else "tenant"), edge
+    return _role(role), edge
 
 
 class TenantStore(Protocol):

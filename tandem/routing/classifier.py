@@ -1,83 +1,110 @@
-"""The auto-mode classifier: does this request need thinking? Rules, CPU only, microseconds.
+"""The auto-mode classifier: does this request need thinking? CPU only, a fraction of a ms.
 
-Each signal (measured in `tandem.routing.signals`) has a weight and a one-line reason. The
-score is the bias plus the weighted strengths; thinking when it is positive. Confidence is the
-logistic of the score's size: a request on the boundary reads ~0.5, a clear one ~1.0.
-Signals judge the *task* (transform, label, compose vs. debug, prove, plan, estimate) and the
-*shape* of the question (how many quantities and constraints, why vs. what), not its topic.
+Two opinions, added as log-odds:
+
+- the **rules** (`tandem.routing.rules`): named signals with weights, summed to a score;
+- the **n-gram model** (`tandem.routing.ngrams`): a linear model over character n-grams,
+  trained on the labelled corpus (`python -m tandem.routing.train`).
+
+The blend `a * rules + b * model + c` was fitted (logistic regression) on requests neither
+the rules nor the model were tuned on (the model's out-of-fold predictions over the corpus),
+so its logistic is a calibrated probability of thinking. The operator's `prefer` shifts the
+threshold; the confidence is the calibrated probability of the mode chosen.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import StrEnum
 
 from tandem.chat import ChatRequest, Mode
+from tandem.routing import ngrams
+from tandem.routing.rules import weigh
 from tandem.routing.signals import measure
 
-BIAS = -1.5  # most traffic is lookups, rewrites and chat: without evidence, answer fast
+
+class Prefer(StrEnum):
+    """An operator's lean, per pool or per edge: a reasoning request answered fast costs
+    quality, a trivial one sent to thinking costs GPU time."""
+
+    THINKING = "thinking"
+    BALANCED = "balanced"
+    FAST = "fast"
+
+
+# Added to the calibrated log-odds before the threshold: +1 thinks from a probability of 27%
+# up, -1 only from 73% up (balanced: 50%).
+PREFER_SHIFT = {Prefer.THINKING: 1.0, Prefer.BALANCED: 0.0, Prefer.FAST: -1.0}
 
 
 @dataclass(frozen=True, slots=True)
-class Weight:
-    weight: float
-    why: str
+class Contributions:
+    """The terms of the decision, in log-odds of thinking; thinking when their sum is positive."""
+
+    rules: float  # the blend's weight times the rules' score
+    model: float  # the blend's weight times the n-gram model's log-odds
+    bias: float  # the blend's intercept
+    prefer: float  # the operator's shift (PREFER_SHIFT)
+
+    @property
+    def calibrated(self) -> float:
+        """The calibrated log-odds of thinking, before the operator's shift."""
+        return self.rules + self.model + self.bias
+
+    def as_dict(self) -> dict[str, float]:
+        return {"rules": self.rules, "model": self.model, "bias": self.bias, "prefer": self.prefer}
 
 
 @dataclass(frozen=True, slots=True)
 class Classification:
-    """The classifier's verdict: a mode (never AUTO), how sure, and the signals that fired."""
+    """The classifier's verdict: a mode (never AUTO), how sure, the rules' signals that fired
+    and the terms of the blend."""
 
     mode: Mode
     confidence: float
     signals: tuple[str, ...]
+    contributions: Contributions
 
 
-# fmt: off
-WEIGHTS: dict[str, Weight] = {
-    # Shallow tasks: the answer is a transformation or a recall, not a derivation.
-    "transform":    Weight(-2.5, "translate/summarize/rewrite/extract/format work on given text"),
-    "shallow_lead": Weight(-2.0, "a message that opens with a transform/label/compose verb is that task"),
-    "compose":      Weight(-1.5, "short copy (a reply, a description, a slogan) is fluent writing"),
-    "label":        Weight(-2.0, "putting a label on items is a judgement per item, not a chain"),
-    "lookup":       Weight(-1.0, "a short what-is question is recalled, not derived"),
-    "social":       Weight(-1.0, "greetings and thanks need no reasoning"),
-    "shallow":      Weight(-1.0, "the caller narrows the task: 'just', 'no need to', 'nothing else'"),
-    "json_output":  Weight(-1.0, "a JSON response format is usually extraction"),
-    # Multi-step tasks.
-    "code":         Weight(2.5, "code to write (a function, a script, a query) has design and edge cases"),
-    "code_block":   Weight(2.0, "code pasted without a transform verb is code to debug or review"),
-    "symptom":      Weight(0.5, "something misbehaves: a diagnosis lies ahead"),
-    "cause":        Weight(2.0, "a why-question asks for causal reasoning"),
-    "proof":        Weight(3.0, "a proof or a derivation is reasoning by definition"),
-    "analyze":      Weight(1.0, "an imperative to analyse given material"),
-    "compare":      Weight(1.0, "choosing between options weighs trade-offs"),
-    "plan":         Weight(1.0, "planning or optimizing under constraints"),
-    "deduce":       Weight(1.5, "working out which or how is a determination, not a recall"),
-    "puzzle":       Weight(2.0, "clues, liars and riddles are logic puzzles"),
-    "quantity_q":   Weight(1.0, "asks for a number to be worked out"),
-    "estimate":     Weight(1.5, "estimation and probability need a model of the situation"),
-    "relation":     Weight(0.75, "quantities defined relative to each other are solved for"),
-    "constraint":   Weight(0.4, "each constraint is one more condition to satisfy"),
-    "quantities":   Weight(0.3, "each quantity beyond two is one more step (one or two: a lookup or a sum)"),
-    "word_problem": Weight(1.0, "several quantities and a quantity question: arithmetic in steps"),
-    "questions":    Weight(0.5, "a multi-part question"),
-    "long":         Weight(1.0, "a long document or data set to reason over"),
-    "question_on_material": Weight(1.0, "a question about pasted material asks for analysis of it"),
-    "tools":        Weight(0.5, "choosing tools and their arguments is planning"),
-    "meta":         Weight(0.0, "'think step by step' is about manner; the task decides"),
-}
-# fmt: on
+@dataclass(frozen=True, slots=True)
+class Blend:
+    """How the two opinions add up: `rules * score + model * logit + bias` (log-odds)."""
+
+    rules: float
+    model: float
+    bias: float
 
 
-def classify(req: ChatRequest) -> Classification:
-    """Thinking or non-thinking for `req`, with a confidence in [0.5, 1.0] and the signals."""
+# Loaded once, at import (the edge agent and the gateway import this at start): ~0.1 s.
+MODEL, _ARTIFACT = ngrams.load()
+BLEND = Blend(**_ARTIFACT["blend"])
+
+
+def classify(req: ChatRequest, prefer: Prefer = Prefer.BALANCED) -> Classification:
+    """Thinking or non-thinking for `req`: the calibrated probability of the mode chosen, the
+    rules' signals and the terms of the blend."""
     fired = measure(req)
-    score = BIAS + sum(WEIGHTS[name].weight * strength for name, strength in fired.items())
-    mode = Mode.THINKING if score > 0 else Mode.NON_THINKING
-    return Classification(mode, 1.0 / (1.0 + math.exp(-abs(score))), tuple(fired))
+    rules = weigh(fired)
+    terms = Contributions(
+        rules=BLEND.rules * rules,
+        model=BLEND.model * MODEL.logit(req),
+        bias=BLEND.bias,
+        prefer=PREFER_SHIFT[prefer],
+    )
+    logit = terms.calibrated
+    thinking = logit + terms.prefer > 0
+    p_thinking = _logistic(logit)
+    return Classification(
+        Mode.THINKING if thinking else Mode.NON_THINKING,
+        p_thinking if thinking else 1.0 - p_thinking,
+        tuple(fired),
+        terms,
+    )
 
 
-def score(req: ChatRequest) -> float:
-    """The raw score (positive: thinking), for tuning and tests."""
-    return BIAS + sum(WEIGHTS[name].weight * strength for name, strength in measure(req).items())
+def _logistic(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)  # no overflow for a very negative score
+    return e / (1.0 + e)

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tandem.chat import ChatRequest, Mode, RouteDecision, Target
+from tandem.routing.classifier import Prefer
 from tandem.routing.estimate import prompt_tokens
 from tandem.routing.mode import ModeChoice, decide_mode
 
@@ -19,7 +20,11 @@ class EdgeView:
 
 
 def route(
-    req: ChatRequest, *, edge: EdgeView | None = None, context_limit: int | None = None
+    req: ChatRequest,
+    *,
+    edge: EdgeView | None = None,
+    context_limit: int | None = None,
+    prefer: Prefer = Prefer.BALANCED,
 ) -> RouteDecision:
     """Decide how `req` runs. Pure and cheap (tens of microseconds for a typical chat).
 
@@ -29,8 +34,10 @@ def route(
     `model_unavailable`, `context_length` (exact count near the local context), `saturated`.
     `context_limit` is the context of the cloud model: near it the cloud-bound estimate is exact
     too, so a caller can reject an oversized prompt (`ContextTooLong`) without counting again.
+    `prefer` is the operator's lean for this pool or edge (thinking, balanced, fast): it moves
+    the classifier's threshold, never an explicit choice or a soft switch.
     """
-    choice = decide_mode(req)
+    choice = decide_mode(req, prefer)
     output = req.max_tokens or 0
     if edge is None or choice.mode is Mode.THINKING:
         reason = choice.reason
@@ -54,6 +61,8 @@ def _decision(choice: ModeChoice, target: Target, reason: str, tokens: int) -> R
         reason=reason,
         estimated_tokens=tokens,
         confidence=choice.confidence,
+        contributions=choice.contributions,
+        signals=choice.signals,
     )
 
 

@@ -146,7 +146,7 @@ def extract(req: ChatRequest) -> Features:
     """Cues and structure of `req`, judged on its latest user message."""
     f = Features(tools=len(req.tools))
     f.json_output = req.response_format is not None and req.response_format.type != "text"
-    text = _latest_user_text(req.messages)
+    text = latest_user_text(req.messages)
     f.chars = len(text)
     # Only short messages need a size (the lookup signal); Chinese packs ~1 token a character.
     f.size = estimate_text(text) if f.chars <= SHORT_TOKENS * 6 else SHORT_TOKENS * 6
@@ -209,7 +209,8 @@ def _find_word(window: str, word: str) -> int:
     return at
 
 
-def _latest_user_text(messages: list[Message]) -> str:
+def latest_user_text(messages: list[Message]) -> str:
+    """The latest user message: the task (the last message when no user spoke)."""
     for m in reversed(messages):
         if m.role == "user":
             return m.content

@@ -183,7 +183,7 @@ class ChatRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., mode: _Optional[_Union[Mode, str]] = ..., reasoning_effort: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[ToolChoice, _Mapping]] = ..., n: _Optional[int] = ..., include_usage: _Optional[bool] = ..., request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., user: _Optional[str] = ...) -> None: ...
 
 class RouteDecision(_message.Message):
-    __slots__ = ("mode", "target", "reason", "estimated_tokens", "confidence", "pool", "deployment")
+    __slots__ = ("mode", "target", "reason", "estimated_tokens", "confidence", "pool", "deployment", "classifier")
     MODE_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +191,7 @@ class RouteDecision(_message.Message):
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     POOL_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFIER_FIELD_NUMBER: _ClassVar[int]
     mode: Mode
     target: str
     reason: str
@@ -198,7 +199,22 @@ class RouteDecision(_message.Message):
     confidence: float
     pool: str
     deployment: str
-    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., target: _Optional[str] = ..., reason: _Optional[str] = ..., estimated_tokens: _Optional[int] = ..., confidence: _Optional[float] = ..., pool: _Optional[str] = ..., deployment: _Optional[str] = ...) -> None: ...
+    classifier: ClassifierTerms
+    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., target: _Optional[str] = ..., reason: _Optional[str] = ..., estimated_tokens: _Optional[int] = ..., confidence: _Optional[float] = ..., pool: _Optional[str] = ..., deployment: _Optional[str] = ..., classifier: _Optional[_Union[ClassifierTerms, _Mapping]] = ...) -> None: ...
+
+class ClassifierTerms(_message.Message):
+    __slots__ = ("rules", "model", "bias", "prefer", "signals")
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BIAS_FIELD_NUMBER: _ClassVar[int]
+    PREFER_FIELD_NUMBER: _ClassVar[int]
+    SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    rules: float
+    model: float
+    bias: float
+    prefer: float
+    signals: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, rules: _Optional[float] = ..., model: _Optional[float] = ..., bias: _Optional[float] = ..., prefer: _Optional[float] = ..., signals: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens", "total_tokens", "reasoning_tokens", "counted")
@@ -269,7 +285,7 @@ class ServedModel(_message.Message):
     def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., reference: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("edge_id", "group", "models", "in_flight", "queued", "healthy", "version", "labels")
+    __slots__ = ("edge_id", "group", "models", "in_flight", "queued", "healthy", "version", "labels", "routes", "breaker")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -285,6 +301,8 @@ class HeartbeatRequest(_message.Message):
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    BREAKER_FIELD_NUMBER: _ClassVar[int]
     edge_id: str
     group: str
     models: _containers.RepeatedCompositeFieldContainer[ServedModel]
@@ -293,7 +311,21 @@ class HeartbeatRequest(_message.Message):
     healthy: bool
     version: str
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, edge_id: _Optional[str] = ..., group: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., healthy: _Optional[bool] = ..., version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    routes: RouteCounts
+    breaker: str
+    def __init__(self, edge_id: _Optional[str] = ..., group: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., healthy: _Optional[bool] = ..., version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., routes: _Optional[_Union[RouteCounts, _Mapping]] = ..., breaker: _Optional[str] = ...) -> None: ...
+
+class RouteCounts(_message.Message):
+    __slots__ = ("local_thinking", "local_non_thinking", "forwarded_thinking", "forwarded_non_thinking")
+    LOCAL_THINKING_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_NON_THINKING_FIELD_NUMBER: _ClassVar[int]
+    FORWARDED_THINKING_FIELD_NUMBER: _ClassVar[int]
+    FORWARDED_NON_THINKING_FIELD_NUMBER: _ClassVar[int]
+    local_thinking: int
+    local_non_thinking: int
+    forwarded_thinking: int
+    forwarded_non_thinking: int
+    def __init__(self, local_thinking: _Optional[int] = ..., local_non_thinking: _Optional[int] = ..., forwarded_thinking: _Optional[int] = ..., forwarded_non_thinking: _Optional[int] = ...) -> None: ...
 
 class PoolState(_message.Message):
     __slots__ = ("name", "aliases", "readiness", "endpoints", "held", "cold_seconds", "estimated_wait_seconds")

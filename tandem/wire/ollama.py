@@ -9,6 +9,8 @@ Used by the edge agent's Ollama-compatible face (toward its callers) and its loc
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -148,11 +150,31 @@ class GenerateRequest:
     images: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Residency:
+    """An `/api/chat` with no messages or an `/api/generate` with an empty prompt: Ollama loads
+    the model and answers at once (`done_reason: "load"`), or, with `keep_alive` 0, unloads
+    it (`"unload"`). Ollama's server decides exactly so (server/routes.go)."""
+
+    model: str
+    unload: bool
+
+
 def parse_chat(body: bytes, *, mode_header: str | None = None, max_bytes: int | None = None) -> ChatRequest:
     """Validates an `/api/chat` body; raises `BadRequest` naming the problem, or `PayloadTooLarge`."""
+    req = parse_chat_call(body, mode_header=mode_header, max_bytes=max_bytes)
+    if isinstance(req, Residency):
+        raise BadRequest("messages is required", param="messages")
+    return req
+
+
+def parse_chat_call(
+    body: bytes, *, mode_header: str | None = None, max_bytes: int | None = None
+) -> ChatRequest | Residency:
+    """`parse_chat`, with a load or unload request (no messages) returned as a `Residency`."""
     wire = _validate(WireChatRequest, body, max_bytes)
     if not wire.messages:
-        raise BadRequest("messages is required", param="messages")
+        return _residency(wire)
     messages = [_message(m) for m in wire.messages]
     return _request(wire, messages, mode_header)
 
@@ -161,10 +183,20 @@ def parse_generate(
     body: bytes, *, mode_header: str | None = None, max_bytes: int | None = None
 ) -> GenerateRequest:
     """Validates an `/api/generate` body; the chat it stands for is a system and a user turn."""
-    wire = _validate(WireGenerateRequest, body, max_bytes)
-    if not wire.prompt and not wire.images:
-        # Ollama treats an empty prompt as "load the model"; the edge keeps its model loaded.
+    gen = parse_generate_call(body, mode_header=mode_header, max_bytes=max_bytes)
+    if isinstance(gen, Residency):
         raise BadRequest("prompt is required", param="prompt")
+    return gen
+
+
+def parse_generate_call(
+    body: bytes, *, mode_header: str | None = None, max_bytes: int | None = None
+) -> GenerateRequest | Residency:
+    """`parse_generate`, with a load or unload request (empty prompt, images or not: Ollama
+    does not look at them then) returned as a `Residency`."""
+    wire = _validate(WireGenerateRequest, body, max_bytes)
+    if not wire.prompt:
+        return _residency(wire)
     messages = []
     if wire.system:
         messages.append(Message(role="system", content=wire.system))
@@ -178,6 +210,50 @@ def parse_generate(
         raw=wire.raw,
         images=wire.images or [],
     )
+
+
+def _residency(wire: _WireGenerateBase) -> Residency:
+    try:
+        unload = wire.keep_alive is not None and parse_keep_alive(wire.keep_alive, 300.0) == 0
+    except ValueError as exc:
+        raise BadRequest(f"invalid field 'keep_alive': {exc}", param="keep_alive") from None
+    return Residency(model=wire.model, unload=unload)
+
+
+_DURATION = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_keep_alive(value: Any, default: float) -> float:
+    """Seconds a model stays loaded after a request (math.inf = forever), as Ollama reads
+    `keep_alive`: a number of seconds or a Go duration string ("5m", "1h30m"); negative means
+    forever. Raises `ValueError` with Go's words for what Ollama refuses."""
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        raise ValueError("json: cannot unmarshal bool into Go value of type time.Duration")
+    if isinstance(value, int | float):
+        return math.inf if value < 0 else float(value)
+    if not isinstance(value, str):
+        raise ValueError("json: cannot unmarshal into Go value of type time.Duration")
+    text = value.strip()
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text.lstrip("+-")
+    if body == "0":
+        return 0.0
+    if not body:
+        raise ValueError(f'time: invalid duration "{value}"')
+    if body.replace(".", "", 1).isdigit():
+        raise ValueError(f'time: missing unit in duration "{value}"')
+    pos, seconds = 0, 0.0
+    for match in _DURATION.finditer(body):
+        if match.start() != pos:
+            break
+        seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(body):
+        raise ValueError(f'time: invalid duration "{value}"')
+    return math.inf if sign < 0 else seconds
 
 
 def _validate(kind: type[W], body: bytes, max_bytes: int | None) -> W:
@@ -519,6 +595,28 @@ def _wire_tool_calls(calls: list[ToolCall]) -> list[dict[str, Any]]:
         {"id": c.id, "function": {"index": c.index, "name": c.name, "arguments": _arguments(c.arguments)}}
         for c in calls
     ]
+
+
+def residency_answer(model: str, *, chat: bool, unload: bool) -> bytes:
+    """Ollama's answer to a load or unload: one object (whether or not the caller streams)."""
+    reason = "unload" if unload else "load"
+    if chat:
+        body: dict[str, Any] = {
+            "model": model,
+            "created_at": created_at(),
+            "message": {"role": "assistant", "content": ""},
+            "done_reason": reason,
+            "done": True,
+        }
+    else:
+        body = {
+            "model": model,
+            "created_at": created_at(),
+            "response": "",
+            "done": True,
+            "done_reason": reason,
+        }
+    return orjson.dumps(body)
 
 
 class NdjsonEncoder:

@@ -240,8 +240,11 @@ def request_to_pb(r: ChatRequest) -> pb.ChatRequest:
 # --- answers -------------------------------------------------------------------------------------
 
 
+_TERMS = ("rules", "model", "bias", "prefer")  # RouteDecision.contributions <-> ClassifierTerms
+
+
 def decision_to_pb(d: RouteDecision) -> pb.RouteDecision:
-    return pb.RouteDecision(
+    m = pb.RouteDecision(
         mode=_MODE_TO_PB[d.mode],
         target=d.target.value,
         reason=d.reason,
@@ -250,9 +253,15 @@ def decision_to_pb(d: RouteDecision) -> pb.RouteDecision:
         pool=d.pool,
         deployment=d.deployment,
     )
+    if d.contributions:
+        m.classifier.CopyFrom(
+            pb.ClassifierTerms(**{t: d.contributions.get(t, 0.0) for t in _TERMS}, signals=d.signals)
+        )
+    return m
 
 
 def decision_from_pb(m: pb.RouteDecision) -> RouteDecision:
+    terms = m.classifier if m.HasField("classifier") else None
     return RouteDecision(
         mode=_MODE_FROM_PB.get(m.mode, Mode.AUTO),
         target=Target(m.target or "cloud"),
@@ -261,6 +270,8 @@ def decision_from_pb(m: pb.RouteDecision) -> RouteDecision:
         confidence=m.confidence,
         pool=m.pool,
         deployment=m.deployment,
+        contributions={t: getattr(terms, t) for t in _TERMS} if terms else {},
+        signals=tuple(terms.signals) if terms else (),
     )
 
 

@@ -49,9 +49,10 @@ async def test_ollama_bad_think_value_names_the_field(ollama_client: ollama.Asyn
     assert refused.value.status_code == 400 and "think" in refused.value.error
 
 
-async def test_ollama_generate_without_a_prompt_is_400(http: aiohttp.ClientSession) -> None:
-    status, body = await post(http, "/api/generate", b'{"model": "qwen3:14b"}')
-    assert status == 400 and body == {"error": "prompt is required"}
+async def test_ollama_load_with_a_bad_keep_alive_names_it(http: aiohttp.ClientSession) -> None:
+    # A generate without a prompt is a load (tests/edge/test_client_api.py); its keep_alive is read.
+    status, body = await post(http, "/api/generate", b'{"model": "qwen3:14b", "keep_alive": "soon"}')
+    assert status == 400 and "keep_alive" in str(body["error"])
 
 
 async def test_openai_bad_field_names_the_field(openai_client: AsyncOpenAI) -> None:
@@ -72,11 +73,11 @@ async def test_bad_mode_header_is_400(http: aiohttp.ClientSession) -> None:
 
 
 async def test_unknown_ollama_route_answers_in_ollama_shape(http: aiohttp.ClientSession) -> None:
-    async with http.post("/api/embed", data=b"{}") as resp:
+    async with http.post("/api/no-such-endpoint", data=b"{}") as resp:
         assert (
             resp.status == 404
             and "error" in await resp.json()
-            and "/api/embed" in (await resp.json())["error"]
+            and "/api/no-such-endpoint" in (await resp.json())["error"]
         )
 
 

@@ -1,5 +1,5 @@
-"""Fuzz: both faces of the edge agent (OpenAI and Ollama) never answer 5xx, never hang, and
-keep serving."""
+"""Fuzz: both faces of the edge agent (OpenAI and Ollama, the pass-through endpoints included)
+never answer 5xx, never hang, and keep serving."""
 
 from __future__ import annotations
 
@@ -15,8 +15,12 @@ from tests.fuzz import (
     Case,
     http_cases,
     ollama_chat,
+    ollama_embed,
     ollama_generate,
+    ollama_show,
     openai_chat,
+    openai_completions,
+    openai_embeddings,
     send,
     still_serving,
 )
@@ -41,6 +45,26 @@ async def test_hostile_openai_requests_get_no_5xx(
 @FUZZ_SETTINGS
 @given(case=http_cases({"/api/chat": ollama_chat, "/api/generate": ollama_generate}))
 async def test_hostile_ollama_requests_get_no_5xx(
+    edge: EdgeServer, session: aiohttp.ClientSession, case: Case
+) -> None:
+    status = await send(session, edge.url, case)
+    assert status < 500, case
+    await still_serving(session, edge.url)
+
+
+@FUZZ_SETTINGS
+@given(
+    case=http_cases(
+        {
+            "/api/show": ollama_show,
+            "/api/embed": ollama_embed,
+            "/api/embeddings": ollama_embed,
+            "/v1/embeddings": openai_embeddings,
+            "/v1/completions": openai_completions,
+        }
+    )
+)
+async def test_hostile_requests_to_the_rest_of_the_api_get_no_5xx(
     edge: EdgeServer, session: aiohttp.ClientSession, case: Case
 ) -> None:
     status = await send(session, edge.url, case)

@@ -167,3 +167,37 @@ def test_errors_use_ollama_statuses_and_words() -> None:
     status, _, headers = wire.error_response(UpstreamUnavailable("down", retry_after=3))
     assert status == 503 and headers == {"Retry-After": "3"}
     assert wire.error_line(BadRequest("bad")) == b'{"error":"bad"}\n'
+
+
+@pytest.mark.parametrize(
+    ("body", "unload"),
+    [
+        (b'{"model": "m"}', False),
+        (b'{"model": "m", "messages": [], "keep_alive": "5m"}', False),
+        (b'{"model": "m", "keep_alive": 0}', True),
+        (b'{"model": "m", "keep_alive": "0s"}', True),
+        (b'{"model": "m", "keep_alive": -1}', False),
+    ],
+)
+def test_a_chat_without_messages_is_a_load_or_an_unload(body: bytes, unload: bool) -> None:
+    assert wire.parse_chat_call(body) == wire.Residency(model="m", unload=unload)
+
+
+def test_a_generate_with_an_empty_prompt_is_a_load_even_with_images() -> None:
+    # Ollama looks only at the prompt (server/routes.go GenerateHandler).
+    call = wire.parse_generate_call(b'{"model": "m", "prompt": "", "images": ["aGk="], "keep_alive": "0m"}')
+    assert call == wire.Residency(model="m", unload=True)
+    assert isinstance(wire.parse_generate_call(b'{"model": "m", "prompt": "p"}'), wire.GenerateRequest)
+
+
+def test_a_load_with_a_bad_keep_alive_names_it() -> None:
+    with pytest.raises(BadRequest, match="keep_alive") as refused:
+        wire.parse_chat_call(b'{"model": "m", "keep_alive": "soon"}')
+    assert refused.value.param == "keep_alive"
+
+
+def test_the_answer_to_a_load_is_ollamas_object() -> None:
+    chat = orjson.loads(wire.residency_answer("m", chat=True, unload=False))
+    generate = orjson.loads(wire.residency_answer("m", chat=False, unload=True))
+    assert chat["message"] == {"role": "assistant", "content": ""} and chat["done_reason"] == "load"
+    assert (generate["response"], generate["done"], generate["done_reason"]) == ("", True, "unload")

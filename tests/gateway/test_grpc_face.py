@@ -54,6 +54,17 @@ async def test_classify_decides_without_running(
     assert chat_requests(engines) == []
 
 
+async def test_classify_returns_the_classifiers_terms(stub: gateway_pb2_grpc.GatewayStub) -> None:
+    decision = await stub.Classify(request("Prove that the product of two odd integers is odd."))
+    terms = decision.classifier
+    assert decision.reason == "classifier" and decision.mode == pb.MODE_THINKING
+    assert terms.rules > 0 and terms.model > 0 and terms.prefer == 0
+    assert terms.rules + terms.model + terms.bias + terms.prefer > 0
+    assert "proof" in terms.signals
+    switched = await stub.Classify(request("Prove it /no_think"))
+    assert not switched.HasField("classifier")  # the soft switch decided: no classifier terms
+
+
 async def test_list_models(stub: gateway_pb2_grpc.GatewayStub) -> None:
     models = await stub.ListModels(pb.ListModelsRequest())
     assert [m.id for m in models.models] == ["qwen3", "qwen3-14b"]

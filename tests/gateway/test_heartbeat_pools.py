@@ -85,3 +85,14 @@ async def test_the_estimated_wait_is_at_most_the_hold_timeout(
     gateway = await start_gateway(pools=pools(engines, max_pending=4, timeout_seconds=5))
     cold = (await heartbeat(gateway))["qwen3-elastic"]
     assert cold.readiness == pb.POOL_READINESS_COLD and cold.estimated_wait_seconds == 5
+
+
+async def test_the_estimated_wait_starts_from_the_pools_expected_cold_start(
+    start_gateway: StartGateway, engines: list[VllmSimulator]
+) -> None:
+    gateway = await start_gateway(pools=pools(engines, expected_seconds=25, timeout_seconds=300))
+    now = [0.0]
+    states = PoolStates(gateway.service.elastic, clock=lambda: now[0])
+    assert {s.name: s for s in states.now()}["qwen3-elastic"].estimated_wait_seconds == 25
+    now[0] += 10
+    assert {s.name: s for s in states.now()}["qwen3-elastic"].estimated_wait_seconds == 15

@@ -92,6 +92,18 @@ async def test_requests_in_flight_show_as_running_then_waiting(
         await asyncio.gather(*calls, return_exceptions=True)
 
 
+async def test_a_reading_records_the_gateways_own_requests_at_that_moment(
+    slow_engine: VllmSimulator, transport: Transport
+) -> None:
+    own = {"a": 3}
+    scraper = LoadScraper(transport, LoadScrape(), own=own)
+    scraper.set_targets({"a": ScrapeTarget(metrics_url(slow_engine.url + "/v1"), MODEL)})
+    await scraper.scrape()
+    own["a"] = 0  # later changes are the live count's business, not the reading's
+    reading = scraper.load("a")
+    assert reading is not None and reading.own_at_read == 3
+
+
 async def test_the_scraper_reads_every_interval_on_its_own(
     slow_engine: VllmSimulator, transport: Transport
 ) -> None:
@@ -121,7 +133,7 @@ async def test_a_dead_endpoints_reading_goes_stale_and_the_failure_is_logged_onc
             reading = scraper._loads["a"]
         assert scraper.load("a", now=reading.read_at + 0.29) is reading  # failed reads keep the last good one
         assert scraper.load("a", now=reading.read_at + 0.31) is None  # three intervals on: stale
-        assert score(scraper.load("a", now=loop.time() + 1), 2, WEIGHTS) == 2 * (WEIGHTS.running + 1)
+        assert score(scraper.load("a", now=loop.time() + 1), 2, WEIGHTS) == 2  # stale: the live count alone
         await slow_engine.start()
         await scraper.scrape()
     assert [e["event"] for e in logs if e["event"].startswith("load_scrape")] == [
@@ -195,14 +207,30 @@ def test_a_page_without_the_counts_of_the_model_is_malformed() -> None:
 
 def test_queued_requests_weigh_more_than_running_ones() -> None:
     queued = EngineLoad(waiting=2, running=8, kv_usage=0.9, read_at=0)
-    running = EngineLoad(waiting=0, running=12, kv_usage=0.9, read_at=0)
+    running = EngineLoad(waiting=0, running=10, kv_usage=0.9, read_at=0)
     assert score(queued, 0, WEIGHTS) > score(running, 0, WEIGHTS)
-    assert score(running, 3, WEIGHTS) == 12 + 0.9 * 8 + 3
+    assert score(running, 3, WEIGHTS) == 3 + 10 + 0.9 * WEIGHTS.kv_usage
+
+
+def test_the_gateways_own_requests_count_from_its_live_count_not_the_reading() -> None:
+    # Read while the gateway had 6 requests there: all 6 running requests were its own.
+    reading = EngineLoad(waiting=0, running=6, kv_usage=0.0, read_at=0, own_at_read=6)
+    # Since then 4 finished: the score follows the live count, not the old reading.
+    assert score(reading, 2, WEIGHTS) == 2
+    # Others' work (running beyond the gateway's own) stays in the score.
+    shared = EngineLoad(waiting=0, running=9, kv_usage=0.0, read_at=0, own_at_read=6)
+    assert score(shared, 2, WEIGHTS) == 2 + 3
+
+
+def test_a_reading_below_the_gateways_own_count_adds_no_negative_load() -> None:
+    # Requests sent just before the read may not be counted by the engine yet.
+    reading = EngineLoad(waiting=0, running=1, kv_usage=0.0, read_at=0, own_at_read=4)
+    assert score(reading, 4, WEIGHTS) == 4
 
 
 def test_without_a_reading_the_score_is_the_gateways_in_flight_count() -> None:
     assert score(None, 0, WEIGHTS) == 0
-    assert score(None, 3, WEIGHTS) == score(EngineLoad(0, 3, 0, 0), 3, WEIGHTS)
+    assert score(None, 3, WEIGHTS) == score(EngineLoad(0, 3, 0, 0, own_at_read=3), 3, WEIGHTS)
 
 
 def test_metrics_live_at_the_engines_root() -> None:

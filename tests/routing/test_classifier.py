@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tandem.chat import Mode, ResponseFormat, Tool
-from tandem.routing.classifier import WEIGHTS, classify, score
+from tandem.routing.classifier import classify
+from tandem.routing.rules import WEIGHTS, score
 from tandem.routing.signals import extract, measure
 from tests.routing.conftest import Chat
 

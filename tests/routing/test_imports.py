@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-HEAVY = ("litellm", "aiohttp", "grpc", "httpx", "tiktoken", "dashscope", "pydantic")
+HEAVY = ("litellm", "aiohttp", "grpc", "httpx", "tiktoken", "dashscope", "pydantic", "numpy")
 
 
 def test_importing_and_routing_loads_no_heavy_module() -> None:

@@ -64,7 +64,8 @@ async def test_an_edge_key_resolves_to_its_tenant_role_and_edge(tenant_store: Te
 
 
 @pytest.mark.parametrize(
-    ("role", "edge"), [("admin", ""), ("tenant", "line-a-1"), ("edge", "line a/1"), ("edge", "e" * 257)]
+    ("role", "edge"),
+    [("root", ""), ("admin", "line-a-1"), ("tenant", "line-a-1"), ("edge", "line a/1"), ("edge", "e" * 257)],
 )
 async def test_a_bad_role_or_edge_name_is_refused(tenant_store: TenantStore, role: str, edge: str) -> None:
     with pytest.raises(ValueError):
