@@ -51,21 +51,24 @@ CHUNK_BOUND = DEFAULT_MAX_CHUNK  # what push_model chunks GGUF tensor data into
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start_registry(root: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_registry(
+    root: Path, *, extra: str = "", access_log: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Debian's docker-registry on a free port; `extra`: more config (e.g. `proxy:`);
+    `access_log`: a file that gets a line per request, with the bytes sent."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     (root / "storage").mkdir(parents=True)
     config = root / "config.yml"
     config.write_text(
-        "version: 0.1\nlog: {level: error, accesslog: {disabled: true}}\n"
+        f"version: 0.1\nlog: {{level: error, accesslog: {{disabled: {'false' if access_log else 'true'}}}}}\n"
         f"storage: {{filesystem: {{rootdirectory: {root / 'storage'}}}}}\n"
-        f"http: {{addr: 127.0.0.1:{port}}}\n"
+        f"http: {{addr: 127.0.0.1:{port}}}\n{extra}"
     )
     binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
-    proc = subprocess.Popen(
-        [binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    out = access_log.open("wb") if access_log else subprocess.DEVNULL
+    proc = subprocess.Popen([binary, "serve", str(config)], stdout=out, stderr=subprocess.DEVNULL)
     host = f"127.0.0.1:{port}"
     for _ in range(400):
         try:

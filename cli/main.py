@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "fleet": ("gateway.fleet_commands:fleet", "Show the edge fleet and its model versions."),
     "sim": ("simulators.cli:sim", "Run the Ollama and vLLM engine simulators, or an autoscaled vLLM fleet."),
     "up": ("cli.up:up", "Run the whole stack on this machine."),
+    "batch": ("cli.batch:batch", "Submit OpenAI-format batch files to the gateway and follow them."),
 }
 
 # Commands one subsystem adds to another's group, loaded with that group. The registry owns

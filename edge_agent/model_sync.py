@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import os
 import time
 from collections.abc import AsyncIterator
@@ -39,12 +40,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential, wait_random
 
 from registry.errors import BadReference, ManifestRejected, RegistryError
 from registry.ollama_register import OllamaTarget, Registration, register
-from registry.pull import PullResult, RegistryClient, execute_pull, plan_pull
+from registry.pull import PullResult, execute_pull, first_source, parse_mirror, sources
 from registry.reference import Reference, parse_reference
 from registry.store import Store
 from tandem.transport import ClientTLS, HttpClient, Transport
@@ -70,6 +71,16 @@ class ModelSyncConfig(BaseModel):
     tls: ClientTLS | None = Field(None, description="the registry's CA / client certificate (https)")
     concurrency: int = Field(4, ge=1, le=64)
     max_rate: int | None = Field(None, gt=0, description="download cap in bytes/s")
+    mirrors: list[str] = Field(
+        default_factory=list,
+        description="registries tried before the reference's own, in order: http(s)://HOST[:PORT] "
+        "(a factory mirror: a pull-through cache of the central registry)",
+    )
+    download_window: str | None = Field(
+        None,
+        pattern=r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$",
+        description="HH:MM-HH:MM, local time: layers are downloaded only then (e.g. 22:00-06:00)",
+    )
     min_free_bytes: int = Field(0, ge=0)
     poll_seconds: float = Field(300.0, gt=0, description="how often a moving tag is re-checked")
     retry_initial_seconds: float = Field(1.0, gt=0)
@@ -79,6 +90,16 @@ class ModelSyncConfig(BaseModel):
         False, description="serve only versions signed with the key `public_key` (model-signing)"
     )
     public_key: Path | None = Field(None, description="EC public key (PEM) signatures must verify with")
+
+    @field_validator("mirrors")
+    @classmethod
+    def _mirror_urls(cls, mirrors: list[str]) -> list[str]:
+        for mirror in mirrors:
+            try:
+                parse_mirror(mirror)
+            except BadReference as exc:
+                raise ValueError(exc.message) from None
+        return mirrors
 
     @model_validator(mode="after")
     def _key_for_signatures(self) -> ModelSyncConfig:
@@ -112,6 +133,21 @@ class SyncState(BaseModel):
 Outcome = Literal["idle", "up_to_date", "switched"]
 
 
+def seconds_until_window(window: str, now: datetime.datetime) -> float:
+    """0 inside `window` ("HH:MM-HH:MM", may wrap past midnight), else seconds until it opens."""
+    start_s, end_s = window.split("-")
+    start = datetime.time.fromisoformat(start_s)
+    end = datetime.time.fromisoformat(end_s)
+    t = now.time()
+    inside = start <= t < end if start < end else (t >= start or t < end)
+    if inside or start == end:
+        return 0.0
+    opens = datetime.datetime.combine(now.date(), start)
+    if opens <= now:
+        opens += datetime.timedelta(days=1)
+    return (opens - now).total_seconds()
+
+
 def versioned_name(served: str, digest: str) -> str:
     base, _, tag = served.partition(":")
     return f"{base}:{tag or 'latest'}-tandem-{digest[7:19]}"
@@ -139,6 +175,7 @@ class ModelSync:
         self._syncing = False
         self._next_attempt_at: float | None = None
         self.last_pull: PullResult | None = None
+        self.waiting_for_window = False
         self.last_registration: Registration | None = None
 
     @contextlib.asynccontextmanager
@@ -198,6 +235,7 @@ class ModelSync:
             "last_attempt_at": s.last_attempt_at,
             "last_success_at": s.last_success_at,
             "next_attempt_at": self._next_attempt_at,
+            "waiting_for_download_window": self.waiting_for_window,
         }
 
     async def stop(self) -> None:
@@ -270,16 +308,15 @@ class ModelSync:
         served = self.config.served_name
         async with (
             self._transport() as transport,
-            RegistryClient(
-                ref,
+            first_source(
+                sources(ref, self.config.mirrors, plain_http=self.config.plain_http),
+                self.store,
                 transport=transport,
-                plain_http=self.config.plain_http,
                 tls=self.config.tls,
                 max_rate=self.config.max_rate,
-            ) as client,
+            ) as (client, plan),
             OllamaTarget(self._ollama_url, transport=transport) as ollama,
         ):
-            plan = await plan_pull(client, self.store)
             current = self.state.current
             if (
                 current
@@ -288,12 +325,17 @@ class ModelSync:
             ):
                 return "up_to_date"
             log.info("model_sync_plan", lines=plan.describe())
+            if plan.to_download_bytes:
+                await self._wait_for_window()
             self.last_pull = await execute_pull(
                 plan,
                 client,
                 self.store,
                 concurrency=self.config.concurrency,
                 public_key=self.config.public_key if self.config.require_signature else None,
+                # Ollama gets the weights streamed from the chunks (`register`): the file is
+                # written out only when a signature must be checked over it, or it is kept.
+                assemble=self.config.require_signature or self.config.keep_weights_file,
             )
             name = versioned_name(served, plan.manifest_digest)
             if name not in self.state.created:
@@ -311,6 +353,21 @@ class ModelSync:
             log.info("model_switched", served=served, reference=str(ref), digest=new.digest)
             await self._collect(ollama)
         return "switched"
+
+    async def _wait_for_window(self) -> None:
+        """Holds the download until the configured window opens (the current model serves)."""
+        while self.config.download_window and not self._stopping:
+            wait = seconds_until_window(self.config.download_window, datetime.datetime.now())
+            if wait <= 0:
+                return
+            log.info("model_sync_waiting_for_window", window=self.config.download_window, seconds=wait)
+            self.waiting_for_window = True
+            try:
+                await self._pause(wait)
+            finally:
+                self.waiting_for_window = False
+        if self._stopping:
+            raise RegistryError("stopped while waiting for the download window")
 
     async def rollback(self) -> Version:
         """Serves the previous version again, at once (it is still registered with Ollama).

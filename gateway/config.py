@@ -269,6 +269,38 @@ class Fleet(Section):
     ttl_seconds: float = Field(35.0, gt=0)
 
 
+class Batch(Section):
+    """The Batch API (`/v1/files`, `/v1/batches`; docs/batches.md): limits on what is stored, and
+    how batch lines share the pools with interactive work. Needs `redis.url` (state and queue
+    live in Redis)."""
+
+    enabled: bool = True
+    # Input files: bounded in size and lines (OpenAI's own limit is 50,000 requests).
+    max_file_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_lines: int = Field(50_000, ge=1)
+    # File bodies in Redis (none), or in this directory (shared by every replica, e.g. a volume).
+    files_dir: Path | None = None
+    max_active_batches: int = Field(16, ge=1, description="per tenant, not yet finished")
+    # Spare capacity only: batch lines may use at most `share` of a pool's endpoint concurrency,
+    # never its last `reserve_slots` free slots, and none while interactive requests fill
+    # `backoff_at` of it (then not for `backoff_seconds` after).
+    share: float = Field(0.5, gt=0, le=1)
+    reserve_slots: int = Field(2, ge=0)
+    backoff_at: float = Field(0.5, gt=0, le=1)
+    backoff_seconds: float = Field(1.0, ge=0)
+    # Lines a pool starts per second at most (per replica): a batch ramps up instead of starting
+    # all its lines in the same instant, and the lines' ends stay spread out.
+    start_rate: float = Field(50.0, gt=0)
+    # A line claimed by a replica that went silent this long is run again by another.
+    claim_idle_seconds: float = Field(30.0, gt=0)
+    max_attempts: int = Field(3, ge=1, description="per line, for engine failures")
+    poll_seconds: float = Field(0.05, gt=0)
+    sweep_seconds: float = Field(2.0, gt=0)
+    # Batch work has its own Redis connections, with this per-command timeout: a slow batch
+    # command (a large file) must neither fail nor mark the interactive path's state degraded.
+    redis_timeout_seconds: float = Field(10.0, gt=0)
+
+
 class GatewayConfig(Section):
     grpc: GrpcListen = GrpcListen()
     http: HttpListen = HttpListen()
@@ -280,6 +312,7 @@ class GatewayConfig(Section):
     auth: Auth = Auth()
     fleet: Fleet = Fleet()
     tracing: TracingConfig = TracingConfig()  # OpenTelemetry spans, exported only when configured
+    batch: Batch = Batch()
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     # Qwen3's recommended sampling per mode, applied when the caller sets none.
     thinking_sampling: dict[str, float] = Field(

@@ -5,6 +5,10 @@
 errors are OpenAI error bodies with the status from `tandem.wire.openai.error_status`. The API
 routes authenticate the caller (`Authorization: Bearer <key>`, or `x-api-key`) before reading
 the body.
+`/metrics`, and the Batch API (`/v1/files`, `/v1/batches`: gateway/batch/routes.py). Every
+answer carries `x-tandem-route`; errors are OpenAI error bodies with the status from
+`tandem.wire.openai.error_status`. The API routes authenticate the caller
+(`Authorization: Bearer <key>`, or `x-api-key`) before reading the body.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from structlog.contextvars import bind_contextvars
 
 from gateway import ops
 from gateway.auth import credential
+from gateway.batch.batches import Batches
 from gateway.service import ActiveStream, GatewayService
 from gateway.state import Tenant
 from tandem.chat import ChatRequest, RouteDecision
@@ -199,7 +204,9 @@ async def errors_as_json(
         )
 
 
-def build_app(service: GatewayService, ready: asyncio.Event) -> web.Application:
+def build_app(
+    service: GatewayService, ready: asyncio.Event, batches: Batches | None = None
+) -> web.Application:
     # client_max_size is a backstop; read_body enforces the configured limit with a clear 413.
     app = web.Application(
         middlewares=[errors_as_json], client_max_size=service.config.http.max_body_bytes + 1
@@ -217,5 +224,15 @@ def build_app(service: GatewayService, ready: asyncio.Event) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    ops.install(app, service)
+    from gateway.batch.ops_source import ActiveBatches
+    from gateway.batch.routes import add_routes, add_unavailable_routes
+
+    ops.install(app, service, ActiveBatches(batches.jobs) if batches is not None else None)
+
+    if batches is not None:
+        add_routes(app, batches)
+    elif service.config.batch.enabled:
+        add_unavailable_routes(
+            app, "the Batch API needs shared state: set redis.url in the gateway's configuration"
+        )
     return app

@@ -17,6 +17,7 @@ import time
 from aiohttp import web
 from grpc_health.v1 import health_pb2
 
+from gateway.batch import BatchSystem
 from gateway.config import GatewayConfig
 from gateway.fleet import FleetStore
 from gateway.grpc_face import bind, build_server
@@ -50,6 +51,8 @@ class GatewayServer:
         # Tenants, limits and the fleet: on Redis with `redis.url`, else in this process.
         self.service = GatewayService(config, balancer or make_balancer(config))
         self.fleet = fleet or self.service.state.fleet
+        # The Batch API and its worker (gateway/batch): with Redis only, where batches are kept.
+        self.batch = BatchSystem.build(self.service)
         self.ready = asyncio.Event()
         self.grpc_port = 0
         self.http_port = 0
@@ -79,7 +82,9 @@ class GatewayServer:
             idle_s=cfg.http.idle_timeout_seconds, headers_s=cfg.http.header_timeout_seconds
         )
         self._runner = app_runner(
-            build_app(self.service, self.ready), timeouts, shutdown_timeout=cfg.shutdown_grace_seconds
+            build_app(self.service, self.ready, self.batch.batches if self.batch else None),
+            timeouts,
+            shutdown_timeout=cfg.shutdown_grace_seconds,
         )
         await self._runner.setup()
         self._site = HttpSite(self._runner, cfg.http.host, cfg.http.port, timeouts)
@@ -95,6 +100,8 @@ class GatewayServer:
         self.http_port = self._site.bound_port
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set("tandem.v1.Gateway", health_pb2.HealthCheckResponse.SERVING)
+        if self.batch is not None:
+            await self.batch.start()
         self.ready.set()
 
     async def stop(self) -> None:
@@ -104,6 +111,8 @@ class GatewayServer:
         await self._health.enter_graceful_shutdown()
         if self._site is not None:
             await self._site.stop()  # closes the listening socket; open connections finish
+        if self.batch is not None:  # no new batch lines; those running finish within the grace
+            await self.batch.stop(grace)
         drained, _ = await asyncio.gather(self.service.drain(grace), self._grpc.stop(grace))
         if not drained:
             log.warning("drain_deadline_passed", in_flight=self.service.in_flight)

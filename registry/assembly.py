@@ -42,8 +42,16 @@ class Assembler:
     `chunk_ready` and `cancel` may be called from any thread."""
 
     def __init__(
-        self, store: Store, config: ModelConfig, on_bytes: Callable[[int], None] | None = None
+        self,
+        store: Store,
+        config: ModelConfig,
+        on_bytes: Callable[[int], None] | None = None,
+        *,
+        full_check: bool = False,
     ) -> None:
+        """`full_check`: a weights file already in the store is hashed again before it is
+        reused (otherwise its size and stamp decide, `Store.check`)."""
+        self._full_check = full_check
         self._store = store
         self._weights = config.tandem.weights
         self._chunks = config.tandem.chunks
@@ -79,7 +87,7 @@ class Assembler:
         """Writes and verifies the weights file (fsynced, under a temporary name); `commit`
         then puts it in place. Nothing to do when the store already has it."""
         dest = self.path
-        if dest.is_file() and dest.stat().st_size == self._weights.size:
+        if self._store.check(self._weights.digest, self._weights.size, dest, full=self._full_check):
             return
         self._store.ensure_space(self._weights.size, "reassembling the weights file")
         whole = hashlib.sha256()
@@ -111,6 +119,7 @@ class Assembler:
         if self._tmp.exists():
             os.replace(self._tmp, dest)
             _fsync_dir(dest.parent)
+            self._store.stamp(self._weights.digest, dest)
         return dest
 
     def discard(self) -> None:

@@ -25,14 +25,15 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from yarl import URL
 
 from registry.errors import AuthFailed, ManifestRejected
-from registry.http import MAX_ERROR_BODY, read_capped
-from tandem.transport import ClientTLS, Transport
+
+if TYPE_CHECKING:  # the HTTP stack is imported by pulls only: a push's start stays short
+    from tandem.transport import ClientTLS, Transport
 
 log = structlog.get_logger("registry.auth")
 
@@ -170,6 +171,11 @@ class RegistryAuth:
         self._header: str | None = f"Bearer {creds.token}" if creds.token else None
 
     @property
+    def source(self) -> str:
+        """Where the credentials came from (`Credentials.source`; "none" without any)."""
+        return self._creds.source
+
+    @property
     def header(self) -> str | None:
         """The Authorization header that last worked, if any."""
         return self._header
@@ -188,6 +194,8 @@ class RegistryAuth:
         False means the caller should report the 401 (no credentials, or the token server
         refused them). An unreachable token server raises `Unreachable` / `TimeoutError`.
         """
+        from registry.http import MAX_ERROR_BODY, read_capped
+
         scheme = challenge.split(" ", 1)[0].lower()
         if scheme == "basic":
             basic = self._creds.basic

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 DEFAULT_MAX_CHUNK = 64 << 20
 MIN_MAX_CHUNK = 64 << 10
 _READ = 1 << 20
+_RING = 4  # buffers in flight between the reader and the whole-file hashing thread
 
 
 @dataclass(frozen=True)
@@ -66,27 +68,54 @@ def plan_spans(path: Path, max_chunk: int = DEFAULT_MAX_CHUNK) -> tuple[list[Spa
 
 
 def chunk_file(
-    path: Path, max_chunk: int = DEFAULT_MAX_CHUNK, on_bytes: Callable[[int], None] | None = None
+    path: Path,
+    max_chunk: int = DEFAULT_MAX_CHUNK,
+    on_bytes: Callable[[int], None] | None = None,
+    on_part: Callable[[Part], None] | None = None,
 ) -> ChunkedFile:
-    """Cuts and hashes `path`; `on_bytes` is told how many bytes were hashed, as it goes."""
+    """Cuts and hashes `path` in one sequential read; `on_bytes` is told how many bytes were
+    hashed, as it goes, and `on_part` each part as soon as its digest is known (a push
+    uploads it while the rest of the file is still being hashed).
+
+    Each buffer feeds two sha256s, the part's and the whole file's. The whole file's runs in a
+    helper thread (hashlib releases the GIL), so hashing costs about one sha256 of the file in
+    wall time, not two: buffers rotate through a small ring, and a buffer is refilled only
+    after the helper has hashed it.
+    """
     try:
         spans, info = plan_spans(path, max_chunk)
         whole = hashlib.sha256()
         parts: list[Part] = []
-        with path.open("rb") as f:
+        ring = [memoryview(bytearray(_READ)) for _ in range(_RING)]
+        pending: list[Future[None] | None] = [None] * _RING
+        slot = 0
+        with (
+            path.open("rb", buffering=0) as f,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="whole-hash") as helper,
+        ):
             for span in spans:
                 h = hashlib.sha256()
                 left = span.size
                 while left:
-                    buf = f.read(min(_READ, left))
-                    if not buf:
+                    if (waiting := pending[slot]) is not None:
+                        waiting.result()
+                    buf = ring[slot]
+                    n = f.readinto(buf[: min(_READ, left)])
+                    if not n:
                         raise BadModelFile(f"{path}: file shrank while it was being read")
-                    h.update(buf)
-                    whole.update(buf)
-                    left -= len(buf)
+                    piece = buf[:n]
+                    pending[slot] = helper.submit(whole.update, piece)  # one worker: in order
+                    h.update(piece)
+                    left -= n
+                    slot = (slot + 1) % _RING
                     if on_bytes:
-                        on_bytes(len(buf))
+                        on_bytes(n)
                 parts.append(Part(span, "sha256:" + h.hexdigest()))
+                if on_part:
+                    on_part(parts[-1])
+            for waiting in pending:
+                if waiting is not None:
+                    waiting.result()
             if f.read(1):
                 raise BadModelFile(f"{path}: file grew while it was being read")
         size = sum(p.span.size for p in parts)

@@ -15,7 +15,7 @@ import re
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
@@ -25,9 +25,12 @@ from registry.errors import RegistryError
 from registry.reference import Reference, parse_reference
 from tandem import logs
 from tandem.command_errors import CommandFailed
-from tandem.transport import HttpClient, Transport
+
+if TYPE_CHECKING:  # aiohttp is imported by the commands that use it: `push` starts faster
+    from tandem.transport import Transport
 
 F = TypeVar("F", bound=Callable[..., Any])
+INTERNAL_ERROR = 70  # EX_SOFTWARE
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.I)
 
@@ -74,6 +77,8 @@ def _quiet_logs() -> None:
 @contextlib.asynccontextmanager
 async def _transport() -> AsyncIterator[Transport]:
     """The command's one outbound transport (proxies from HTTPS_PROXY / NO_PROXY), closed after."""
+    from tandem.transport import HttpClient, Transport
+
     transport = Transport(HttpClient())
     try:
         yield transport
@@ -104,6 +109,15 @@ def _run(as_json: bool, fn: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted; a later pull resumes where this one stopped", err=True)
         sys.exit(130)
+    except click.ClickException:
+        raise  # a usage error: click reports it
+    except Exception as exc:  # a bug of ours or a library's: one line, the details in the log
+        logs.get_logger("registry.cli").debug("internal_error", exc_info=True)
+        message = f"internal error: {type(exc).__name__}: {exc} (details: TANDEM_LOG_LEVEL=DEBUG)"
+        if as_json:
+            click.echo(json.dumps({"error": message, "kind": "InternalError"}))
+            sys.exit(INTERNAL_ERROR)
+        raise CommandFailed(message, exit_code=INTERNAL_ERROR) from None
 
 
 def common(f: F) -> F:
@@ -134,9 +148,14 @@ def model() -> None:
 @click.option("--adapter", type=click.Path(path_type=Path), help="A LoRA adapter (GGUF).")
 @click.option("--chunk-size", type=SIZE, default="64MiB", show_default=True, help="Largest weights layer.")
 @click.option(
-    "--upload-chunk", type=SIZE, default="16MiB", show_default=True, help="Bytes per upload request."
+    "--upload-chunk", type=SIZE, default="64MiB", show_default=True, help="Bytes per upload request."
 )
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Upload every blob even if the registry says it has it (to repair a damaged one).",
+)
 @click.option(
     "--sign-key",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -155,39 +174,35 @@ def push(
     chunk_size: int,
     upload_chunk: int,
     concurrency: int,
+    force: bool,
     sign_key: Path | None,
     plain_http: bool,
     as_json: bool,
 ) -> None:
     """Pack a GGUF model (and its Ollama settings) and push it as REFERENCE."""
     from registry.progress import NullProgress, Progress, RichProgress
-    from registry.push import ModelFiles, pack, push_model
+    from registry.push import ModelFiles, push_model
 
     def body() -> None:
         ref = _ref(reference)
         files = ModelFiles(gguf_path, template, system, params, license_, adapter)
         console = Console(stderr=True)
-        if not as_json:
-            console.print(f"packing {gguf_path} ...")
-        packed = pack(files, name=ref.name, max_chunk=chunk_size)
-        if not as_json:
-            c = packed.chunked
-            console.print(
-                f"{c.format} {c.size} bytes, {len(c.parts)} weights layers ({c.chunking}), "
-                f"{len(packed.blobs)} blobs, manifest {packed.manifest_digest}"
-            )
-        progress: Progress = NullProgress() if as_json else RichProgress(packed.total_bytes, f"push {ref}")
+        # Hashing and uploading overlap (`push_model`), so progress counts the file's bytes
+        # as they are checked or sent.
+        total = gguf_path.stat().st_size if gguf_path.is_file() else 0
+        progress: Progress = NullProgress() if as_json else RichProgress(total, f"push {ref}")
         with progress if isinstance(progress, RichProgress) else contextlib.nullcontext():
             result = push_model(
                 ref,
                 files,
                 plain_http=plain_http,
+                max_chunk=chunk_size,
                 upload_chunk=upload_chunk,
                 concurrency=concurrency,
                 progress=progress,
-                packed=packed,
                 sign_key=sign_key,
                 sign_key_password=os.environ.get("TANDEM_SIGN_KEY_PASSWORD"),
+                force=force,
             )
 
         def human() -> None:
@@ -211,7 +226,16 @@ def push(
 @click.option("--store", "store_dir", type=click.Path(path_type=Path), default=None, help="Local blob store.")
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
 @click.option("--max-rate", type=SIZE, default=None, help="Bandwidth cap in bytes/s (e.g. 20MiB).")
+@click.option(
+    "--mirror",
+    "mirrors",
+    multiple=True,
+    help="http(s)://HOST[:PORT] of a mirror to try first (repeatable, in order); then REFERENCE's registry.",
+)
 @click.option("--dry-run", is_flag=True, help="Show what would move, move nothing.")
+@click.option(
+    "--full-check", is_flag=True, help="Hash reused blobs and files again (default: size and stamp)."
+)
 @click.option("--require-signature", is_flag=True, help="Refuse a version not signed with --public-key.")
 @click.option(
     "--public-key",
@@ -225,7 +249,9 @@ def pull(
     store_dir: Path | None,
     concurrency: int,
     max_rate: int | None,
+    mirrors: tuple[str, ...],
     dry_run: bool,
+    full_check: bool,
     require_signature: bool,
     public_key: Path | None,
     plain_http: bool,
@@ -235,7 +261,7 @@ def pull(
     if require_signature and public_key is None:
         raise click.UsageError("--require-signature needs --public-key")
     from registry.progress import NullProgress, Progress, RichProgress
-    from registry.pull import RegistryClient, execute_pull, plan_pull
+    from registry.pull import execute_pull, first_source, sources
     from registry.store import Store
 
     async def go() -> tuple[dict[str, Any], list[str]]:
@@ -243,10 +269,17 @@ def pull(
         store = Store(store_dir or default_store())
         async with (
             _transport() as transport,
-            RegistryClient(ref, transport=transport, plain_http=plain_http, max_rate=max_rate) as client,
+            first_source(
+                sources(ref, list(mirrors), plain_http=plain_http),
+                store,
+                full_check=full_check,
+                transport=transport,
+                max_rate=max_rate,
+            ) as (client, plan),
         ):
-            plan = await plan_pull(client, store)
             lines = plan.describe()
+            if client.ref.registry != ref.registry:
+                lines.insert(0, f"from mirror {client.ref.registry}")
             plan_json = {
                 "layers": len(plan.blobs),
                 "bytes_total": plan.total_bytes,
@@ -272,6 +305,7 @@ def pull(
                     concurrency=concurrency,
                     progress=progress,
                     public_key=public_key if require_signature else None,
+                    full_check=full_check,
                 )
             return {**result.summary(), "plan": plan_json}, lines
 
@@ -297,6 +331,114 @@ def pull(
         _emit(as_json, summary, human)
 
     _run(as_json, body)
+
+
+@model.command()
+@click.option("--store", "store_dir", type=click.Path(path_type=Path), default=None, help="Local blob store.")
+@click.option("--quick", is_flag=True, help="Trust files whose size and stamp match (no hashing).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout, for programs.")
+def verify(store_dir: Path | None, quick: bool, as_json: bool) -> None:
+    """Check every blob and reassembled file in the store against its digest.
+
+    Damaged ones are removed (the next pull fetches them again); exit code 4 if any were.
+    """
+    from registry.errors import DigestMismatch
+    from registry.store import Store
+
+    def body() -> None:
+        store = Store(store_dir or default_store())
+        with store.lock(wait=False):
+            store.clean_temporaries()
+            problems = store.verify(full=not quick)
+        if problems:
+            raise DigestMismatch(f"{len(problems)} damaged in {store.root}: " + "; ".join(problems))
+        _emit(
+            as_json,
+            {"store": str(store.root), "problems": []},
+            lambda: Console(stderr=True).print(f"[green]ok[/] {store.root}", highlight=False),
+        )
+
+    _run(as_json, body)
+
+
+@model.command()
+@click.option("--store", "store_dir", type=click.Path(path_type=Path), default=None, help="Local blob store.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout, for programs.")
+def gc(store_dir: Path | None, as_json: bool) -> None:
+    """Delete what the current and previous version of each model no longer need.
+
+    Kept: per repository, the two versions pulled last (and, in an edge's store, the current
+    and previous versions its sync state names); everything else, partial downloads and
+    temporary files of killed pulls included, is deleted.
+    """
+    from registry.store import Store
+
+    def body() -> None:
+        store = Store(store_dir or default_store())
+        keep = {d for versions in store.pulls().values() for d in versions[:2]}
+        keep |= _sync_state_versions(store.root / "sync-state.json")
+        with store.lock(wait=False):
+            freed = store.clean_temporaries() + store.gc(keep)
+        _emit(
+            as_json,
+            {"store": str(store.root), "kept": sorted(keep), "freed_bytes": freed},
+            lambda: Console(stderr=True).print(
+                f"[green]gc[/] {store.root}: kept {len(keep)} versions, freed {freed} bytes", highlight=False
+            ),
+        )
+
+    _run(as_json, body)
+
+
+@model.command()
+@click.option(
+    "--store", "store_dir", type=click.Path(path_type=Path), default=None, help="The mirror's store."
+)
+@click.option("--upstream", required=True, help="http(s)://HOST[:PORT] of the central registry.")
+@click.option("--listen", default="0.0.0.0:5000", show_default=True, help="HOST:PORT to serve on.")
+@click.option("--max-rate", type=SIZE, default=None, help="Cap on the upstream bandwidth, bytes/s.")
+def mirror(store_dir: Path | None, upstream: str, listen: str, max_rate: int | None) -> None:
+    """Serve the factory's edges from a local store, filled from UPSTREAM on demand.
+
+    Read-only OCI registry API; each blob crosses the WAN once however many edges ask
+    together. Edges list it first: model_sync.mirrors or `pull --mirror http://HOST:PORT`.
+    """
+    from registry.errors import BadReference
+    from registry.mirror import StoreMirror, serve
+    from registry.pull import parse_mirror
+    from registry.store import Store
+
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
+    try:
+        parse_mirror(upstream)
+    except BadReference as exc:
+        message = exc.message.replace("mirror", "upstream", 1)
+        raise click.BadParameter(message, param_hint="--upstream") from None
+
+    async def go() -> None:
+        async with _transport() as transport:
+            mirror = StoreMirror(
+                Store(store_dir or default_store()), upstream, transport=transport, max_rate=max_rate
+            )
+            await serve(mirror, host.strip("[]"), int(port))
+
+    _run(False, lambda: asyncio.run(go()))
+
+
+def _sync_state_versions(path: Path) -> set[str]:
+    """The current and previous versions an edge's `ModelSync` serves from this store."""
+    try:
+        state = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return set()
+    out: set[str] = set()
+    for key in ("current", "previous"):
+        version = state.get(key) if isinstance(state, dict) else None
+        if isinstance(version, dict) and isinstance(version.get("digest"), str):
+            out.add(version["digest"])
+    return out
 
 
 @model.command()

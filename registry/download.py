@@ -47,6 +47,7 @@ from registry.errors import (
     ManifestRejected,
     RegistryUnavailable,
     status_error,
+    tls_hint,
 )
 from registry.http import MAX_ERROR_BODY, RegistryHttp
 from registry.progress import Progress
@@ -149,7 +150,9 @@ class _Writer:
         if failed is not None:
             failed.result()  # a disk error surfaces here
         if backlog >= _MAX_PENDING and job is not None:
-            await asyncio.wrap_future(job)  # the reader waits for the disk
+            # The reader waits for the disk. Shielded: a cancelled reader must not cancel a
+            # worker that has not started yet (it would never run, and `_job` never clear).
+            await asyncio.shield(asyncio.wrap_future(job))
 
     async def flush(self) -> None:
         """Everything received is hashed and on disk, in order. Also after a cancellation
@@ -157,9 +160,14 @@ class _Writer:
         was received is a valid prefix for the next resume."""
         try:
             while (job := self._job) is not None:
-                await asyncio.wrap_future(job)
+                await asyncio.shield(asyncio.wrap_future(job))
         finally:
             while (job := self._job) is not None:
+                if job.cancel():  # not started: its pieces are written just below, here
+                    with self._lock:
+                        if self._job is job:
+                            self._job = None
+                    break
                 concurrent.futures.wait([job])
             if self._failed is not None:
                 self._failed.result()
@@ -217,6 +225,7 @@ class BlobFetcher:
                         "the registry's copy is corrupt, re-push it"
                     ) from None
                 log.warning("blob_rejected_refetching", digest=digest, reason=mismatch.reason)
+                progress.restart(digest, size)
                 on_refetch()
                 continue
             with disk_errors("storing a layer"):
@@ -255,7 +264,7 @@ class BlobFetcher:
             try:
                 resp = await self._http.get(url, headers)
             except (Unreachable, TimeoutError) as exc:
-                raise _Transient(f"cannot reach {self._registry}: {exc}") from None
+                raise _Transient(tls_hint(f"cannot reach {self._registry}: {exc}")) from None
             try:
                 have, hasher = await self._accept(resp, transfer, store, have, hasher)
                 with disk_errors("downloading a layer"):
@@ -277,7 +286,13 @@ class BlobFetcher:
             await resp.drain(MAX_ERROR_BODY)
             store.discard_partial(digest)
             raise _Transient("registry refused the resume range; restarting the layer")
-        err = status_error(resp.status, f"layer {digest}", self._registry, self._repository)
+        err = status_error(
+            resp.status,
+            f"layer {digest}",
+            self._registry,
+            self._repository,
+            credentials_from=self._http.auth.source,
+        )
         if err is not None:
             await resp.drain(MAX_ERROR_BODY)
             if isinstance(err, RegistryUnavailable):

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 
 class RegistryError(Exception):
-    """Base of every model-distribution error. `message` is safe to print."""
+    """Base of every model-distribution error. `message` is safe to print.
+
+    Exit codes of `tandem model` (documented in docs/model-distribution.md): 1 any other
+    registry error (an unexpected answer), 2 bad reference or file (and bad options), 3 manifest
+    rejected, 4 digest mismatch, 5 not found, 6 auth, 7 registry unavailable, 8 disk full,
+    9 store busy, 10 Ollama registration, 11 signature refused, 70 internal error (a bug:
+    reported in one line, the traceback with TANDEM_LOG_LEVEL=DEBUG), 130 interrupted."""
 
     exit_code = 1
 
@@ -77,20 +83,43 @@ class RegistrationFailed(RegistryError):
     exit_code = 10
 
 
-def status_error(status: int, what: str, registry: str, repository: str) -> RegistryError | None:
+def auth_hint(registry: str, credentials_from: str) -> str:
+    """What to do about a refusal: credentials are missing, or the ones found were refused."""
+    if credentials_from == "none":
+        return (
+            f"no credentials found for {registry}: set TANDEM_REGISTRY_USERNAME and "
+            "TANDEM_REGISTRY_PASSWORD (or TANDEM_REGISTRY_TOKEN), or log in with a docker-style config"
+        )
+    where = "the environment" if credentials_from == "env" else credentials_from
+    return f"the credentials from {where} were refused: check them, and the account's access to it"
+
+
+def tls_hint(detail: str) -> str:
+    """`detail` (a connection error), with the likely cause when TLS met a plain-HTTP server."""
+    if "WRONG_VERSION_NUMBER" in detail or "record layer failure" in detail or "SSLError" in detail:
+        return f"{detail} (TLS handshake failed: if the registry speaks plain HTTP, add --plain-http)"
+    return detail
+
+
+def status_error(
+    status: int, what: str, registry: str, repository: str, *, credentials_from: str = "none"
+) -> RegistryError | None:
     """The named error a registry's HTTP status means for a read (None for 200 and 206).
 
     The one place registry statuses become errors, for manifests and configs (`registry.pull`)
-    and layers (`registry.download`), both over `tandem.transport`.
+    and layers (`registry.download`), both over `tandem.transport`. `credentials_from`: where
+    the credentials sent came from (`Credentials.source`), for the hint on a 401.
     """
     if status in (200, 206):
         return None
     if status == 404:
         return NotFound(f"{what} not found on {registry}")
     if status in (401, 403):
-        return AuthFailed(
-            f"{registry} refused access to {repository} (HTTP {status}); "
-            "set TANDEM_REGISTRY_USERNAME/PASSWORD or log in with a docker-style config"
+        hint = auth_hint(registry, credentials_from)
+        return AuthFailed(f"{registry} refused access to {repository} (HTTP {status}); {hint}")
+    if status == 400 and what.startswith("manifest"):
+        return ManifestRejected(
+            f"{registry} answered HTTP 400 for {what}: it holds something other than a model manifest"
         )
     if status >= 500 or status == 429:
         return RegistryUnavailable(f"{registry} answered HTTP {status} for {what}")

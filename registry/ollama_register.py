@@ -1,17 +1,26 @@
 """Registering a pulled model version with the local Ollama.
 
-Ollama's own layout is produced only here, on the edge: the reassembled weights file (and
-an adapter, if any) is uploaded as a blob unless Ollama already has it (a HEAD first, so a
-template-only update uploads nothing), then `create` names the model with the version's
-template, system prompt, parameters and license. Switching the name that is served is a
-separate step (`switch`: Ollama's copy), taken only after registration succeeded.
+Ollama's own layout is produced only here, on the edge: the weights file (and an adapter, if
+any) is uploaded as a blob unless Ollama already has it (a HEAD first, so a template-only
+update uploads nothing and rebuilds nothing), then `create` names the model with the
+version's template, system prompt, parameters and license.
+
+The weights file is never written out on the edge for this: its chunks are streamed from the
+store, in order, straight into Ollama's blob upload, hashed on the way. Ollama checks the
+digest of what it received (and refuses a mismatch); our own hash says which chunk was
+damaged, so it is discarded and the next sync fetches it again. Peak disk during an update is
+the chunks plus Ollama's copy: 2x the model, not 3x or 4x with a reassembled file between.
+
+Switching the name that is served is a separate step (`switch`: Ollama's copy), taken only
+after registration succeeded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,14 +30,14 @@ import ollama
 import structlog
 
 from registry.artifact import ModelConfig
-from registry.assembly import assemble
-from registry.errors import RegistrationFailed
+from registry.errors import DigestMismatch, RegistrationFailed
 from registry.store import Store
 from tandem.transport import HttpClient, Response, Transport, Unreachable
 
 log = structlog.get_logger("registry.ollama")
 
 _MAX_ANSWER = 16 << 20
+_STREAM_PIECE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,15 @@ class OllamaTarget:
         resp = await self._request("HEAD", f"/api/blobs/{digest}")
         resp.release()
         return resp.status == 200
+
+    async def stream_blob(self, digest: str, body: AsyncIterator[bytes]) -> None:
+        """Uploads a blob whose bytes come from `body` (chunked transfer); Ollama verifies
+        them against `digest`."""
+        payload = aiohttp.payload.AsyncIterablePayload(body, content_type="application/octet-stream")
+        resp = await self._request("POST", f"/api/blobs/{digest}", payload, read_s=self._timeout)
+        raw = await _read(resp, self.host)
+        if resp.status not in (200, 201):
+            raise RegistrationFailed(f"Ollama refused blob {digest[:19]}: {_error(raw, resp.status)}")
 
     async def ensure_blob(self, digest: str, path: Path, size: int) -> int:
         """Uploads `path` unless Ollama has `digest`; returns the bytes uploaded.
@@ -217,12 +235,70 @@ def _settings(store: Store, config: ModelConfig) -> dict[str, Any]:
     return out
 
 
+class _ChunkStream:
+    """The weights file's bytes, read from its chunks in order (1 MiB at a time, off the
+    loop) and hashed as they go, so what Ollama was sent can be checked afterwards."""
+
+    def __init__(self, store: Store, config: ModelConfig) -> None:
+        self._store = store
+        self._chunks = config.tandem.chunks
+        self.hash = hashlib.sha256()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self._chunks:
+            with self._store.blob_path(chunk.digest).open("rb", buffering=0) as f:
+                left = chunk.size
+                while left:
+                    piece = await asyncio.to_thread(f.read, min(_STREAM_PIECE, left))
+                    if not piece:
+                        break
+                    self.hash.update(piece)
+                    left -= len(piece)
+                    yield piece
+
+
+async def upload_weights(target: OllamaTarget, store: Store, config: ModelConfig) -> int:
+    """Gives Ollama the weights file, streamed from its chunks, unless Ollama has it (then
+    nothing is read or rebuilt); returns the bytes uploaded.
+
+    When the bytes do not make the file the config names (Ollama refuses them, or our own
+    hash disagrees), every chunk is hashed again: damaged ones are discarded and named (the
+    next sync fetches them), else the config's whole-file digest is named as wrong."""
+    weights = config.tandem.weights
+    if await target.has_blob(weights.digest):
+        return 0
+    stream = _ChunkStream(store, config)
+    refused: RegistrationFailed | None = None
+    try:
+        await target.stream_blob(weights.digest, stream.__aiter__())
+    except RegistrationFailed as exc:
+        refused = exc
+    if refused is None and "sha256:" + stream.hash.hexdigest() == weights.digest:
+        return weights.size
+    damaged = [
+        c.digest
+        for c in config.tandem.chunks
+        if not await asyncio.to_thread(store.check_blob, c.digest, c.size, full=True)
+    ]
+    if damaged:
+        raise DigestMismatch(
+            f"{len(damaged)} chunk(s) of {weights.filename} were damaged in the store "
+            f"({', '.join(d[:19] for d in damaged)}): discarded, the next sync fetches them again"
+        )
+    if refused is not None and "digest mismatch" not in refused.message:
+        raise refused
+    raise DigestMismatch(
+        f"the chunks of {weights.filename} all match their digests but do not make a file with "
+        f"the config's digest {weights.digest}: the version's config is wrong (re-push it)"
+    )
+
+
 async def register(target: OllamaTarget, model: str, store: Store, manifest_digest: str) -> Registration:
-    """Creates `model` in Ollama from a pulled version (weights reassembled in the store)."""
+    """Creates `model` in Ollama from a pulled version (its chunks in the store)."""
     config = store.load_config(manifest_digest)
     weights = config.tandem.weights
-    weights_path = await asyncio.to_thread(assemble, store, config)  # a no-op when already there
-    uploads = [(weights.digest, weights_path, weights.size)]
+    weights_uploaded = await upload_weights(target, store, config)
+    uploads: list[tuple[str, Path, int]] = []
     adapters: dict[str, str] = {}
     if config.tandem.ollama.adapter is not None:
         adapter = config.tandem.ollama.adapter
@@ -231,7 +307,7 @@ async def register(target: OllamaTarget, model: str, store: Store, manifest_dige
         )
         uploads.append((adapter, store.blob_path(adapter), size))
         adapters["adapter.gguf"] = adapter
-    uploaded = blobs = 0
+    uploaded, blobs = weights_uploaded, 1 if weights_uploaded else 0
     for digest, path, size in uploads:
         n = await target.ensure_blob(digest, path, size)
         uploaded += n
@@ -240,6 +316,6 @@ async def register(target: OllamaTarget, model: str, store: Store, manifest_dige
     if adapters:
         request["adapters"] = adapters
     await target.create(model, **request)
-    result = Registration(model, weights.digest, blobs, uploaded, len(uploads) - blobs)
+    result = Registration(model, weights.digest, blobs, uploaded, len(uploads) + 1 - blobs)
     log.info("ollama_registered", model=model, uploaded_bytes=uploaded, reused_blobs=result.reused_blobs)
     return result

@@ -33,6 +33,10 @@ class Progress(Protocol):
 
     def advance(self, key: str, n: int) -> None: ...
 
+    def restart(self, key: str, total: int) -> None:
+        """The transfer starts over from byte 0 (a refetch): `total` more bytes will move, so
+        the overall total grows by as much (it never shows 320 of 253 MB)."""
+
     def finish(self, key: str) -> None: ...
 
 
@@ -44,6 +48,9 @@ class NullProgress:
         pass
 
     def advance(self, key: str, n: int) -> None:
+        pass
+
+    def restart(self, key: str, total: int) -> None:
         pass
 
     def finish(self, key: str) -> None:
@@ -75,6 +82,8 @@ class RichProgress:
     def __exit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if et is not None:
+            self._bars.live.transient = True  # a failure is reported in one line: no bars left above it
         self._bars.stop()
 
     def note(self, text: str) -> None:
@@ -90,6 +99,15 @@ class RichProgress:
         if task is not None:
             self._bars.advance(task, n)
         self._bars.advance(self._overall, n)
+
+    def restart(self, key: str, total: int) -> None:
+        with self._lock:
+            task = self._tasks.get(key)
+            overall = self._bars.tasks[self._overall] if self._overall in self._bars.task_ids else None
+        if task is not None:
+            self._bars.reset(task, total=total)
+        if overall is not None and overall.total is not None:
+            self._bars.update(self._overall, total=overall.total + total)
 
     def finish(self, key: str) -> None:
         with self._lock:

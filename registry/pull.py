@@ -29,9 +29,9 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,6 +52,8 @@ from registry.assembly import Assembler
 from registry.auth import Credentials, RegistryAuth, resolve_credentials
 from registry.download import BlobFetcher
 from registry.errors import (
+    AuthFailed,
+    BadReference,
     DigestMismatch,
     ManifestRejected,
     NotFound,
@@ -59,6 +61,7 @@ from registry.errors import (
     RegistryUnavailable,
     SignatureRejected,
     status_error,
+    tls_hint,
 )
 from registry.http import MAX_ERROR_BODY, RegistryHttp, read_capped
 from registry.progress import NullProgress, Progress
@@ -233,13 +236,15 @@ class RegistryClient:
     ) -> tuple[Any, bytes]:
         try:
             resp = await self.http.get(url, headers)
-            err = status_error(resp.status, what, self.ref.registry, self.ref.repository)
+            err = status_error(
+                resp.status, what, self.ref.registry, self.ref.repository, credentials_from=self._auth.source
+            )
             if err is not None:
                 await resp.drain(MAX_ERROR_BODY)
                 raise err
             return resp.headers, await read_capped(resp, cap, what)
         except (Unreachable, TimeoutError) as exc:
-            raise RegistryUnavailable(f"cannot reach {self.ref.registry}: {exc}") from None
+            raise RegistryUnavailable(tls_hint(f"cannot reach {self.ref.registry}: {exc}")) from None
 
     async def manifest(self, target: str) -> tuple[bytes, str]:
         """The raw manifest and its verified digest."""
@@ -323,7 +328,10 @@ async def fetch_artifact(
     return raw, digest, manifest, config, config_raw
 
 
-async def plan_pull(client: RegistryClient, store: Store) -> PullPlan:
+async def plan_pull(client: RegistryClient, store: Store, *, full_check: bool = False) -> PullPlan:
+    """What must move. A layer the store has is reused only if it still checks out: size and
+    stamp (`Store.check`; with `full_check`, its sha256 again); a damaged one is discarded
+    and planned for download."""
     ref = client.ref
     raw, digest, manifest, config, config_raw = await fetch_artifact(client, ref.target)
     store.put_bytes(manifest.config.digest, config_raw)
@@ -333,7 +341,7 @@ async def plan_pull(client: RegistryClient, store: Store) -> PullPlan:
         if layer.digest in blobs:
             continue
         label = labels.get(layer.digest, layer.role) if layer.role == "weights" else layer.role
-        if store.has(layer.digest):
+        if await asyncio.to_thread(store.check_blob, layer.digest, layer.size, full=full_check):
             blobs[layer.digest] = BlobPlan(layer.digest, layer.size, label, "present")
         elif (have := store.partial_size(layer.digest)) and have <= layer.size:
             blobs[layer.digest] = BlobPlan(layer.digest, layer.size, label, "resume", have)
@@ -351,6 +359,7 @@ async def execute_pull(
     progress: Progress | None = None,
     assemble: bool = True,
     public_key: Path | None = None,
+    full_check: bool = False,
 ) -> PullResult:
     """Moves what the plan says is missing, verifies it, and reassembles the weights file.
 
@@ -377,7 +386,7 @@ async def execute_pull(
     store.ensure_space(needed, f"pulling {plan.ref}")
     bundle = await _required_signature(client, plan) if public_key is not None else None
     sem = asyncio.Semaphore(max(1, concurrency))
-    assembler = Assembler(store, plan.config) if assemble else None
+    assembler = Assembler(store, plan.config, full_check=full_check) if assemble else None
 
     def refetched() -> None:
         result.refetched += 1
@@ -400,6 +409,7 @@ async def execute_pull(
             result.downloaded.append(blob.digest)
 
     async with store.alock():
+        store.clean_temporaries()  # a killed pull's leftovers: no live writer holds the lock
         present = [b for b in plan.blobs if b.state == "present" and store.has(b.digest)]
         result.layers_reused += len(present)
         result.bytes_reused += sum(b.size for b in present)
@@ -427,6 +437,7 @@ async def execute_pull(
                     await asyncio.shield(assembling)
                 assembler.discard()
         store.put_manifest(plan.manifest_digest, plan.manifest_raw)
+        store.record_pull(plan.ref.repository_ref, plan.manifest_digest)
         result.seconds = time.monotonic() - started
     log.info("model_pulled", **result.summary())
     return result
@@ -451,6 +462,80 @@ def _in_own_thread(fn: Callable[[], None]) -> asyncio.Future[None]:
     return future
 
 
+@dataclass(frozen=True)
+class Source:
+    """One registry to pull a reference from: a factory mirror, or the reference's own."""
+
+    ref: Reference
+    plain_http: bool
+
+    def __str__(self) -> str:
+        return f"{'http' if self.plain_http else 'https'}://{self.ref.registry}"
+
+
+def sources(ref: Reference, mirrors: list[str], *, plain_http: bool) -> list[Source]:
+    """The registries to try, in order: each mirror (`http://host:port` or `https://host`;
+    it serves the same repositories, e.g. a pull-through cache of the central registry), then
+    the reference's own registry."""
+    out: list[Source] = []
+    for mirror in mirrors:
+        host, mirror_plain = parse_mirror(mirror)
+        out.append(Source(replace(ref, registry=host), plain_http=mirror_plain))
+    out.append(Source(ref, plain_http))
+    return out
+
+
+def parse_mirror(text: str) -> tuple[str, bool]:
+    """`http://HOST[:PORT]` or `https://HOST[:PORT]` -> (host, plain HTTP?)."""
+    scheme, sep, host = text.partition("://")
+    host = host.rstrip("/")
+    if not sep or scheme not in ("http", "https") or not host or "/" in host:
+        raise BadReference(f"mirror {text!r} must be http://HOST[:PORT] or https://HOST[:PORT]")
+    return host, scheme == "http"
+
+
+# What makes a source worth skipping for the next one: it is down, lacks the version, or
+# will not let us in. A version that is hostile or does not verify is not retried elsewhere.
+_NEXT_SOURCE = (RegistryUnavailable, NotFound, AuthFailed)
+
+
+@contextlib.asynccontextmanager
+async def first_source(
+    candidates: list[Source], store: Store, *, full_check: bool = False, **client_kw: Any
+) -> AsyncIterator[tuple[RegistryClient, PullPlan]]:
+    """A client and a plan from the first source that answers; the error of the last one
+    (with what the others said) when none does."""
+    failures: list[str] = []
+    creds = client_kw.pop("creds", None)
+    for i, source in enumerate(candidates):
+        # Credentials given for the reference's registry go to it alone; a mirror gets its own
+        # (from the environment or a docker-style config, by host).
+        own = source.ref.registry == candidates[-1].ref.registry
+        client = RegistryClient(
+            source.ref, plain_http=source.plain_http, creds=creds if own else None, **client_kw
+        )
+        try:
+            plan = await plan_pull(client, store, full_check=full_check)
+        except _NEXT_SOURCE as exc:
+            await client.__aexit__(None, None, None)
+            if i == len(candidates) - 1:
+                if failures:
+                    exc.message += " (also tried: " + "; ".join(failures) + ")"
+                raise
+            failures.append(f"{source}: {exc.message}")
+            log.warning("pull_source_skipped", source=str(source), error=exc.message)
+            continue
+        except BaseException:
+            await client.__aexit__(None, None, None)
+            raise
+        try:
+            yield client, plan
+        finally:
+            await client.__aexit__(None, None, None)
+        return
+    raise RegistryError("no registry to pull from")  # `sources` always gives at least one
+
+
 async def pull_model(
     ref: Reference,
     store: Store,
@@ -466,21 +551,24 @@ async def pull_model(
     public_key: Path | None = None,
     transport: Transport | None = None,
     tls: ClientTLS | None = None,
+    full_check: bool = False,
+    mirrors: list[str] | None = None,
 ) -> PullResult:
     """Plans, reports the plan to `on_plan`, then pulls. The one-call form the CLI and edge use.
 
     `public_key`: require a signature that verifies with it (see `execute_pull`).
-    `transport`: the process's outbound transport (none: one for this pull)."""
-    async with RegistryClient(
-        ref,
+    `transport`: the process's outbound transport (none: one for this pull).
+    `mirrors`: registries tried before the reference's own (`sources`)."""
+    async with first_source(
+        sources(ref, mirrors or [], plain_http=plain_http),
+        store,
+        full_check=full_check,
         transport=transport,
-        plain_http=plain_http,
         tls=tls,
         creds=creds,
         limits=limits,
         max_rate=max_rate,
-    ) as client:
-        plan = await plan_pull(client, store)
+    ) as (client, plan):
         if on_plan:
             on_plan(plan)
         return await execute_pull(
@@ -491,4 +579,5 @@ async def pull_model(
             progress=progress,
             assemble=assemble,
             public_key=public_key,
+            full_check=full_check,
         )

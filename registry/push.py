@@ -14,11 +14,13 @@ cannot upload a byte range of one.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,8 +46,17 @@ from registry.artifact import (
     sha256_digest,
 )
 from registry.auth import Credentials, oras_registry, resolve_credentials
-from registry.chunking import DEFAULT_MAX_CHUNK, ChunkedFile, chunk_file
-from registry.errors import AuthFailed, BadModelFile, NotFound, RegistryError, RegistryUnavailable
+from registry.chunking import DEFAULT_MAX_CHUNK, ChunkedFile, Part, chunk_file
+from registry.errors import (
+    AuthFailed,
+    BadModelFile,
+    NotFound,
+    RegistryError,
+    RegistryUnavailable,
+    auth_hint,
+    tls_hint,
+)
+from registry.gguf_header import GGUF_MAGIC
 from registry.progress import NullProgress, Progress
 from registry.reference import Reference
 from registry.signature import (
@@ -59,7 +70,10 @@ from registry.signature import (
 
 log = structlog.get_logger("registry.push")
 
-DEFAULT_UPLOAD_CHUNK = 16 << 20
+DEFAULT_UPLOAD_CHUNK = 64 << 20  # bytes per PATCH; streamed from the file, so not held in memory
+# How the weights file is cut (the config records it; pulling does not depend on it):
+# 1: the GGUF header as one layer; 2: the header cut into pieces (`gguf_chunks.header_spans`).
+PACKING = 2
 MANIFEST_ACCEPT = OCI_MANIFEST
 
 
@@ -110,7 +124,8 @@ class PushResult:
     skipped_blobs: int = 0
     skipped_bytes: int = 0
     tag_written: bool = False
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole push, packing included
+    pack_seconds: float = 0.0  # cutting and hashing the files
     uploaded: list[str] = field(default_factory=list)
     signature: str | None = None  # the tag of the signature pushed with it
 
@@ -125,6 +140,7 @@ class PushResult:
             "tag_written": self.tag_written,
             "signature": self.signature,
             "seconds": round(self.seconds, 3),
+            "pack_seconds": round(self.pack_seconds, 3),
         }
 
 
@@ -155,17 +171,43 @@ def _read_setting(role: str, path: Path) -> bytes:
     return data
 
 
+def check_gguf(path: Path) -> None:
+    """`--gguf` must name a non-empty GGUF file (Ollama serves nothing else)."""
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            raise BadModelFile(f"--gguf {path}: not a regular file")
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except FileNotFoundError:
+        raise BadModelFile(f"--gguf {path}: no such file") from None
+    except OSError as exc:
+        raise BadModelFile(f"--gguf {path}: cannot read: {exc.strerror or exc}") from None
+    if size == 0:
+        raise BadModelFile(f"--gguf {path}: the file is empty")
+    if magic != GGUF_MAGIC:
+        raise BadModelFile(f"--gguf {path}: not a GGUF file (it does not start with the GGUF magic)")
+
+
 def pack(
     files: ModelFiles,
     *,
     name: str,
     max_chunk: int = DEFAULT_MAX_CHUNK,
     on_bytes: Callable[[int], None] | None = None,
+    on_blob: Callable[[BlobSource], None] | None = None,
 ) -> PackedModel:
-    """Cuts, hashes and describes one model version (no network)."""
-    if not files.gguf.is_file():
-        raise BadModelFile(f"--gguf {files.gguf}: no such file")
-    chunked = chunk_file(files.gguf, max_chunk, on_bytes)
+    """Cuts, hashes and describes one model version (no network). `on_blob` is handed each
+    weights part as soon as it is hashed (the rest of `blobs` only when `pack` returns)."""
+    check_gguf(files.gguf)
+
+    def part_blob(part: Part) -> BlobSource:
+        label = chunk_label(part.span.kind, part.span.first, part.span.last)
+        return BlobSource(part.digest, part.span.size, label, path=files.gguf, offset=part.span.offset)
+
+    chunked = chunk_file(
+        files.gguf, max_chunk, on_bytes, on_part=(lambda part: on_blob(part_blob(part))) if on_blob else None
+    )
     filename = (
         files.gguf.name if files.gguf.suffix == ".gguf" else "model.gguf" if chunked.gguf else "model.bin"
     )
@@ -187,11 +229,7 @@ def pack(
                 },
             }
         )
-        label = chunk_label(part.span.kind, part.span.first, part.span.last)
-        blobs.setdefault(
-            part.digest,
-            BlobSource(part.digest, part.span.size, label, path=files.gguf, offset=part.span.offset),
-        )
+        blobs.setdefault(part.digest, part_blob(part))
     settings: dict[str, str] = {}
     for role in SETTING_ROLES:
         path = getattr(files, role)
@@ -240,6 +278,7 @@ def pack(
             model_cfg["quantization"] = info.quantization
     tandem: dict[str, Any] = {
         "schemaVersion": 1,
+        "packing": PACKING,
         "weights": {
             "filename": filename,
             "digest": chunked.digest,
@@ -308,7 +347,12 @@ class RemoteRepository:
         self._oras = oras_registry(ref.registry, creds, plain_http=plain_http)
         self._do = oras.provider.Registry.do_request.__wrapped__
         self._base = f"{'http' if plain_http else 'https'}://{ref.registry}/v2/{ref.repository}"
-        self._basic = creds.basic if type(self._oras.auth).__name__ == "BasicAuth" else None
+        basic_backend = type(self._oras.auth).__name__ == "BasicAuth"
+        self._basic = creds.basic if basic_backend else None
+        self._creds_source = creds.source
+        # oras-py's Basic backend crashes (AttributeError) answering a challenge it has no
+        # credentials for; without any, requests go out bare and a 401 is ours to report.
+        self._bare = basic_backend and self._basic is None and not creds.token
 
     @retry(
         retry=retry_if_exception_type(_Retryable),
@@ -317,22 +361,35 @@ class RemoteRepository:
         reraise=True,
     )
     def request(
-        self, method: str, url: str, *, data: bytes | None = None, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        url: str,
+        *,
+        data: bytes | _FileSlice | None = None,
+        headers: dict[str, str] | None = None,
     ) -> requests.Response:
         headers = dict(headers or {})
         if self._basic:
             headers["Authorization"] = f"Basic {self._basic}"  # saves a 401 round trip per request
         try:
-            resp: requests.Response = self._do(self._oras, url, method, data=data, headers=headers)
+            resp: requests.Response = (
+                self._oras.session.request(method, url, data=data, headers=headers)
+                if self._bare
+                else self._do(self._oras, url, method, data=data, headers=headers)
+            )
+        except requests.exceptions.SSLError as exc:
+            raise RegistryUnavailable(tls_hint(f"cannot reach {self.ref.registry}: {_reason(exc)}")) from None
         except requests.ConnectionError as exc:
             raise _Retryable(f"cannot reach {self.ref.registry}: {exc.__class__.__name__}") from None
         except requests.RequestException as exc:
             raise RegistryUnavailable(f"{self.ref.registry}: {exc}") from None
-        except ValueError as exc:  # oras: "Cannot respond to request for authentication."
-            raise AuthFailed(f"{self.ref.registry} asked for credentials we do not have ({exc})") from None
+        except ValueError:  # oras: "Cannot respond to request for authentication."
+            hint = auth_hint(self.ref.registry, self._creds_source)
+            raise AuthFailed(f"{self.ref.registry} asked for credentials: {hint}") from None
         if resp.status_code in (401, 403):
             raise AuthFailed(
-                f"{self.ref.registry} refused access to {self.ref.repository} (HTTP {resp.status_code})"
+                f"{self.ref.registry} refused access to {self.ref.repository} (HTTP {resp.status_code}); "
+                + auth_hint(self.ref.registry, self._creds_source)
             )
         if resp.status_code >= 500:
             raise _Retryable(f"{self.ref.registry} answered HTTP {resp.status_code} to {method}")
@@ -346,6 +403,22 @@ class RemoteRepository:
 
     def blob_exists(self, digest: str) -> bool:
         return self.call("HEAD", f"{self._base}/blobs/{digest}").status_code == 200
+
+    def blob_intact(self, digest: str) -> bool:
+        """Reads the registry's copy of a blob back and hashes it (memory: one read buffer).
+        False when it is missing or its bytes do not match `digest`."""
+        headers = {"Authorization": f"Basic {self._basic}"} if self._basic else {}
+        try:
+            resp = self._oras.session.get(f"{self._base}/blobs/{digest}", headers=headers, stream=True)
+        except requests.RequestException as exc:
+            raise RegistryUnavailable(f"cannot reach {self.ref.registry}: {exc.__class__.__name__}") from None
+        with resp:
+            if resp.status_code != 200:
+                return False
+            h = hashlib.sha256()
+            for piece in resp.iter_content(1 << 20):
+                h.update(piece)
+        return "sha256:" + h.hexdigest() == digest
 
     def manifest_digest(self, target: str) -> str | None:
         resp = self.call("HEAD", f"{self._base}/manifests/{target}", headers={"Accept": MANIFEST_ACCEPT})
@@ -378,38 +451,38 @@ class RemoteRepository:
         return sorted(tags)
 
     def upload(self, blob: BlobSource, chunk: int, on_bytes: Callable[[int], None]) -> None:
-        """Monolithic PUT for small blobs, POST/PATCH.../PUT for large ones; memory <= `chunk`."""
+        """One PUT for blobs up to `chunk` bytes, PATCHes of `chunk` bytes for larger ones;
+        bodies are streamed from the file (memory: a 1 MiB piece per upload)."""
         resp = self.call("POST", f"{self._base}/blobs/uploads/", headers={"Content-Length": "0"})
         _expect(resp, (202,), "start upload")
         location = self._location(resp)
         if blob.size <= chunk:
-            data = _read(blob, 0, blob.size)
             resp = self.call(
                 "PUT",
                 _with_digest(location, blob.digest),
-                data=data,
-                headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data))},
+                data=_FileSlice(blob, 0, blob.size),
+                headers={"Content-Type": "application/octet-stream", "Content-Length": str(blob.size)},
             )
             _expect(resp, (201,), f"upload {blob.digest[:19]}")
             on_bytes(blob.size)
             return
         sent = 0
         while sent < blob.size:
-            data = _read(blob, sent, min(chunk, blob.size - sent))
+            n = min(chunk, blob.size - sent)
             resp = self.call(
                 "PATCH",
                 location,
-                data=data,
+                data=_FileSlice(blob, sent, n),  # streamed from the file: no `chunk` bytes in memory
                 headers={
                     "Content-Type": "application/octet-stream",
-                    "Content-Range": f"{sent}-{sent + len(data) - 1}",
-                    "Content-Length": str(len(data)),
+                    "Content-Range": f"{sent}-{sent + n - 1}",
+                    "Content-Length": str(n),
                 },
             )
             _expect(resp, (202,), f"upload chunk of {blob.digest[:19]}")
             location = self._location(resp)
-            sent += len(data)
-            on_bytes(len(data))
+            sent += n
+            on_bytes(n)
         resp = self.call("PUT", _with_digest(location, blob.digest), headers={"Content-Length": "0"})
         _expect(resp, (201,), f"finish upload of {blob.digest[:19]}")
 
@@ -420,20 +493,44 @@ class RemoteRepository:
         return str(self._oras._get_location(resp, self._oras.get_container(str(self.ref))))
 
 
+def _reason(exc: Exception) -> str:
+    """The innermost cause of a requests error (e.g. `[SSL: WRONG_VERSION_NUMBER] ...`)."""
+    text = str(exc)
+    found = re.search(r"\[SSL: [A-Z_]+\][a-z ]*", text)
+    return found.group(0).strip() if found else exc.__class__.__name__
+
+
 def _with_digest(location: str, digest: str) -> str:
     return f"{location}{'&' if '?' in location else '?'}digest={digest}"
 
 
-def _read(blob: BlobSource, start: int, n: int) -> bytes:
-    if blob.data is not None:
-        return blob.data[start : start + n]
-    assert blob.path is not None
-    with blob.path.open("rb") as f:
-        f.seek(blob.offset + start)
-        data = f.read(n)
-    if len(data) != n:
-        raise BadModelFile(f"{blob.path} changed while it was being pushed")
-    return data
+class _FileSlice:
+    """`size` bytes of a blob's file from `start`, as an iterable body: requests sends it
+    1 MiB at a time (memory per upload: one piece, not one upload chunk), and each iteration
+    reads afresh, so a retried request sends the same bytes again."""
+
+    _PIECE = 1 << 20
+
+    def __init__(self, blob: BlobSource, start: int, size: int) -> None:
+        self._blob, self._start, self._size = blob, start, size
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._blob.data is not None:
+            yield self._blob.data[self._start : self._start + self._size]
+            return
+        assert self._blob.path is not None
+        with self._blob.path.open("rb") as f:
+            f.seek(self._blob.offset + self._start)
+            left = self._size
+            while left:
+                piece = f.read(min(self._PIECE, left))
+                if not piece:
+                    raise BadModelFile(f"{self._blob.path} changed while it was being pushed")
+                left -= len(piece)
+                yield piece
 
 
 def _expect(resp: requests.Response, ok: tuple[int, ...], what: str) -> None:
@@ -493,8 +590,17 @@ def push_model(
     packed: PackedModel | None = None,
     sign_key: Path | None = None,
     sign_key_password: str | None = None,
+    force: bool = False,
+    pack_seconds: float = 0.0,
 ) -> PushResult:
     """Pushes one version; blobs first (only the missing ones), the tag last.
+
+    `force` does not take the registry's word (a HEAD) for the blobs it has: it reads each
+    one back and hashes it, and uploads every blob that is missing or damaged. A registry
+    that keeps its own copy of a blob it already has (the CNCF distribution registry does:
+    content-addressed storage is never overwritten) leaves a damaged copy in place; that is
+    reported by name (`RegistryError`) with what to delete, not passed off as repaired.
+    `packed`/`pack_seconds`: a pack made by the caller and what it cost (counted in `seconds`).
 
     With `sign_key` (an EC private key, PEM) the version is signed (`registry.signature`) and
     the signature pushed beside it before the tag is written, so a tag never shows a signed
@@ -503,8 +609,7 @@ def push_model(
     if ref.tag is None:
         raise RegistryError("push needs a tag: REGISTRY/models/NAME:TAG")
     progress = progress or NullProgress()
-    started = time.monotonic()
-    packed = packed or pack(files, name=ref.name, max_chunk=max_chunk)
+    started = time.monotonic() - pack_seconds
     creds = creds or resolve_credentials(ref.registry)
     local = threading.local()
 
@@ -513,12 +618,12 @@ def push_model(
             local.repo = RemoteRepository(ref, creds, plain_http=plain_http)
         return local.repo
 
-    result = PushResult(reference=str(ref), manifest_digest=packed.manifest_digest)
+    result = PushResult(reference=str(ref), manifest_digest="", pack_seconds=pack_seconds)
     lock = threading.Lock()
 
     def one(blob: BlobSource) -> None:
         repo = remote()
-        if repo.blob_exists(blob.digest):
+        if repo.blob_exists(blob.digest) and (not force or repo.blob_intact(blob.digest)):
             progress.advance("", blob.size)  # counts toward the whole, moves nothing
             with lock:
                 result.skipped_blobs += 1
@@ -527,14 +632,40 @@ def push_model(
         progress.start(blob.digest, f"{blob.label} {blob.digest[7:19]}", blob.size)
         repo.upload(blob, upload_chunk, lambda n: progress.advance(blob.digest, n))
         progress.finish(blob.digest)
+        if force and not repo.blob_intact(blob.digest):
+            raise RegistryError(
+                f"{ref.registry} kept its damaged copy of {blob.digest} ({blob.label}) after a fresh "
+                "upload: it does not overwrite a blob it has. Delete the blob's data from the "
+                f"registry's storage (distribution: docker/registry/v2/blobs/sha256/{blob.digest[7:9]}/"
+                f"{blob.digest[7:]}/data), then push again"
+            )
         with lock:
             result.uploaded_blobs += 1
             result.uploaded_bytes += blob.size
             result.uploaded.append(blob.digest)
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="push") as pool:
-        for future in [pool.submit(one, b) for b in packed.blobs]:
+        futures: dict[str, Future[None]] = {}
+
+        def submit(blob: BlobSource) -> None:
+            if blob.digest not in futures:
+                futures[blob.digest] = pool.submit(one, blob)
+
+        if packed is None:
+            # Each part is checked and uploaded as soon as it is hashed, while the rest of the
+            # file is read: a first push costs about max(hashing, uploading), not their sum.
+            try:
+                packed = pack(files, name=ref.name, max_chunk=max_chunk, on_blob=submit)
+            except BaseException:
+                for future in futures.values():
+                    future.cancel()
+                raise
+            result.pack_seconds = time.monotonic() - started
+        for blob in packed.blobs:
+            submit(blob)
+        for future in list(futures.values()):
             future.result()
+    result.manifest_digest = packed.manifest_digest
     repo = remote()
     if sign_key is not None:
         result.signature = push_signature(repo, files, packed, sign_key, sign_key_password)

@@ -62,7 +62,8 @@ class Reference:
 
 def parse_reference(text: str, *, allow_bare: bool = False) -> Reference:
     """Parses `REGISTRY/REPO[:TAG][@DIGEST]`. `allow_bare` accepts a repository without a tag
-    (for listing); otherwise a missing tag means `latest`."""
+    (for listing); otherwise a tag or a digest is required: a forgotten tag silently meaning
+    `latest` pushed over, or pulled, a version nobody chose. `:latest` says it explicitly."""
     raw = text.strip()
     if not raw:
         raise BadReference("empty model reference")
@@ -96,5 +97,7 @@ def parse_reference(text: str, *, allow_bare: bool = False) -> Reference:
     if len(rest) > 255:
         raise BadReference(f"{text!r}: repository name longer than 255 characters")
     if tag is None and digest is None and not allow_bare:
-        tag = DEFAULT_TAG
+        raise BadReference(
+            f"{text!r} has no tag: name the version, e.g. {raw}:v1 (or {raw}:{DEFAULT_TAG} if that is meant)"
+        )
     return Reference(registry=registry, repository=rest, tag=tag, digest=digest)

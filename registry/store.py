@@ -7,10 +7,18 @@ Layout under the root (every name is a digest we validated, never a name from a 
     manifests/sha256/<hex>  manifests pulled, as the registry sent them
     files/sha256/<hex>      reassembled weights files, verified against the config's digest
                             (built by `registry.assembly`)
+    verified/<hex>          a stamp per verified blob or file: its size, mtime and inode when
+                            its digest was last checked
+    pulls.json              per repository, the versions pulled, newest first (what `gc` keeps)
     .lock                   held (flock) while a pull writes, so two pullers never collide
 
-A blob enters `blobs/` only by rename after its digest was verified, so anything in `blobs/`
-is whole and correct; a crash leaves at most a partial file, which the next pull resumes.
+A blob enters `blobs/` only by rename after its digest was verified. Disks and people still
+change files afterwards, so nothing is reused on its name alone: a blob or file is trusted
+when its size and stamp still match (a stat, no read: `check`), and hashed again when they
+do not, when no stamp exists, or on demand (`verify`, and `check(..., full=True)` before a
+version is switched to). A damaged one is discarded, and the next pull fetches it again.
+A crash leaves at most a partial file, which the next pull resumes, and temporary files,
+which the next pull removes (`clean_temporaries`, under the lock).
 """
 
 from __future__ import annotations
@@ -20,7 +28,9 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -33,6 +43,9 @@ from registry.errors import DigestMismatch, DiskFull, ManifestRejected, Registry
 log = structlog.get_logger("registry.store")
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_HEX = re.compile(r"^[0-9a-f]{64}$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_HISTORY = 8  # versions remembered per repository (gc keeps two)
 
 
 def _hex(digest: str) -> str:
@@ -56,7 +69,7 @@ class Store:
     def __init__(self, root: str | os.PathLike[str], *, min_free_bytes: int = 0) -> None:
         self.root = Path(root)
         self.min_free_bytes = min_free_bytes
-        for sub in ("blobs/sha256", "partial/sha256", "manifests/sha256", "files/sha256"):
+        for sub in ("blobs/sha256", "partial/sha256", "manifests/sha256", "files/sha256", "verified"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     # -- paths
@@ -72,9 +85,52 @@ class Store:
     def manifest_path(self, digest: str) -> Path:
         return self.root / "manifests/sha256" / _hex(digest)
 
+    def _stamp_path(self, digest: str) -> Path:
+        return self.root / "verified" / _hex(digest)
+
     # -- queries
     def has(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
+
+    def stamp(self, digest: str, path: Path) -> None:
+        """Records that `path` was verified to hold `digest`, as it is now."""
+        st = path.stat()
+        self._stamp_path(digest).write_text(f"{st.st_size} {st.st_mtime_ns} {st.st_ino}\n")
+
+    def check(self, digest: str, size: int, path: Path, *, full: bool = False) -> bool:
+        """Whether `path` still holds `digest` (`size` bytes). Cheap when its stamp matches
+        (one stat); otherwise, or with `full`, hashed again. A damaged file is removed."""
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return False
+        if st.st_size != size:
+            self._discard(digest, path, f"is {st.st_size} bytes, expected {size}")
+            return False
+        if not full:
+            try:
+                if self._stamp_path(digest).read_text().split() == [
+                    str(st.st_size),
+                    str(st.st_mtime_ns),
+                    str(st.st_ino),
+                ]:
+                    return True
+            except FileNotFoundError:
+                pass
+        actual = hash_file(path)
+        if actual != digest:
+            self._discard(digest, path, f"holds {actual}")
+            return False
+        self.stamp(digest, path)
+        return True
+
+    def check_blob(self, digest: str, size: int, *, full: bool = False) -> bool:
+        return self.check(digest, size, self.blob_path(digest), full=full)
+
+    def _discard(self, digest: str, path: Path, why: str) -> None:
+        log.warning("store_damaged", path=str(path), digest=digest, problem=why)
+        path.unlink(missing_ok=True)
+        self._stamp_path(digest).unlink(missing_ok=True)
 
     def partial_size(self, digest: str) -> int:
         try:
@@ -101,6 +157,7 @@ class Store:
         """Moves a verified partial download into `blobs/`."""
         dest = self.blob_path(digest)
         os.replace(self.partial_path(digest), dest)
+        self.stamp(digest, dest)
         return dest
 
     def discard_partial(self, digest: str) -> None:
@@ -112,8 +169,9 @@ class Store:
         if actual != digest:
             raise DigestMismatch(f"blob {digest} has the wrong content (got {actual})")
         dest = self.blob_path(digest)
-        if not dest.exists():
+        if not self.check(digest, len(data), dest):
             self._write_atomic(dest, data)
+            self.stamp(digest, dest)
         return dest
 
     def put_manifest(self, digest: str, raw: bytes) -> Path:
@@ -198,5 +256,75 @@ class Store:
                 with contextlib.suppress(FileNotFoundError):
                     freed += path.stat().st_size
                     path.unlink()
+        for stamp in (self.root / "verified").iterdir():
+            if not any((self.root / sub / stamp.name).exists() for sub in ("blobs/sha256", "files/sha256")):
+                stamp.unlink(missing_ok=True)
         log.info("store_gc", kept=len(keep), freed_bytes=freed)
         return freed
+
+    def clean_temporaries(self) -> int:
+        """Removes the temporary files of writers that died (call with the lock held: then
+        no live writer has one). Returns bytes freed."""
+        freed = 0
+        for sub in ("blobs/sha256", "manifests/sha256", "files/sha256"):
+            for path in (self.root / sub).glob("*.tmp*"):
+                with contextlib.suppress(FileNotFoundError):
+                    freed += path.stat().st_size
+                    path.unlink()
+                    log.info("store_temporary_removed", path=str(path))
+        return freed
+
+    # -- what was pulled, for `gc`
+    def record_pull(self, repository: str, manifest_digest: str) -> None:
+        """Notes that `manifest_digest` is now the newest version pulled of `repository`."""
+        history = self.pulls()
+        versions = [manifest_digest, *(d for d in history.get(repository, []) if d != manifest_digest)]
+        history[repository] = versions[:_HISTORY]
+        tmp = self.root / f"pulls.json.tmp{os.getpid()}"
+        tmp.write_text(json.dumps(history, indent=1, sort_keys=True))
+        os.replace(tmp, self.root / "pulls.json")
+
+    def pulls(self) -> dict[str, list[str]]:
+        try:
+            data = json.loads((self.root / "pulls.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return (
+            {
+                str(repo): [d for d in digests if isinstance(d, str) and _DIGEST.match(d)]
+                for repo, digests in data.items()
+                if isinstance(digests, list)
+            }
+            if isinstance(data, dict)
+            else {}
+        )
+
+    def verify(self, *, full: bool = True) -> list[str]:
+        """Checks every blob and reassembled file against its digest (hashing it with `full`,
+        else trusting matching stamps); removes damaged ones. Returns what was wrong."""
+        problems: list[str] = []
+        for sub in ("blobs/sha256", "files/sha256"):
+            for path in sorted((self.root / sub).iterdir()):
+                if ".tmp" in path.name or not _HEX.match(path.name):
+                    continue
+                digest = "sha256:" + path.name
+                size = path.stat().st_size
+                if not self.check(digest, size, path, full=full):
+                    problems.append(f"{sub.split('/')[0]}/{path.name[:12]} did not match its digest: removed")
+        for path in sorted((self.root / "manifests/sha256").iterdir()):
+            if ".tmp" in path.name or not _HEX.match(path.name):
+                continue
+            if hash_file(path) != "sha256:" + path.name:
+                path.unlink(missing_ok=True)
+                problems.append(f"manifests/{path.name[:12]} did not match its digest: removed")
+        return problems
+
+
+def hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb", buffering=0) as f:
+        buf = bytearray(1 << 20)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return "sha256:" + h.hexdigest()

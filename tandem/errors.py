@@ -85,6 +85,16 @@ class ModelNotFound(TandemError):
         self.model = model
 
 
+class NotFound(TandemError):
+    """The caller named an object (a batch, a file) that does not exist for it (HTTP 404)."""
+
+    kind = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class RateLimited(TandemError):
     """A tenant limit or the in-flight bound was hit (HTTP 429, RESOURCE_EXHAUSTED)."""
 

@@ -7,9 +7,10 @@ load, demand for the autoscaler, and requests held while a pool has no ready end
   those in flight finish on their open connections.
 - **Load.** With `router.strategy: least-loaded`, a `LoadScraper` (`gateway/pool/load.py`)
   reads every endpoint's `/metrics`; the balancer picks by that and the gateway's own counts.
-- **Demand.** `tandem_pool_demand{pool}` is the pool's requests in flight, held ones included: an
-  engine at zero replicas reports nothing, so this is what a KEDA ScaledObject scales on
-  (from zero, and back to zero after its cooldown).
+- **Demand.** `tandem_pool_demand{pool}` is the pool's requests in flight, held ones included,
+  plus the batch lines waiting for it (`set_backlog`, from gateway/batch): an engine at zero
+  replicas reports nothing, so this is what a KEDA ScaledObject scales on (from zero, and back
+  to zero after its cooldown).
 - **Cold start.** A pool with `cold_start` holds a request that found no endpoint to take it
   (none discovered, or every one refusing connections or cooling down) until one may: an
   endpoint joined, or `RECHECK_S` passed. At most `max_pending` are held (more: 429), each for
@@ -67,6 +68,7 @@ class ElasticPools:
         self._watches: dict[str, EndpointWatch] = {}
         self._held: dict[str, int] = {p.name: 0 for p in config.pools}
         self._in_flight: dict[str, int] = {p.name: 0 for p in config.pools}
+        self._backlog: dict[str, int] = {p.name: 0 for p in config.pools}
         self._joined: dict[str, asyncio.Event] = {p.name: asyncio.Event() for p in config.pools}
         self.load: LoadScraper | None = None
         if config.router.strategy == "least-loaded":
@@ -181,8 +183,13 @@ class ElasticPools:
 
     def demand(self, pool: str) -> int:
         """Requests `pool` has: those on an endpoint and those held for one (a held request has
-        entered the pool already, so it is counted once)."""
-        return self._in_flight.get(pool, 0)
+        entered the pool already, so it is counted once), and the batch backlog."""
+        return self._in_flight.get(pool, 0) + self._backlog.get(pool, 0)
+
+    def set_backlog(self, pool: str, lines: int) -> None:
+        """Batch lines waiting for `pool` that this replica reports (one replica reports each
+        pool's backlog, so that the demand summed over replicas counts every line once)."""
+        self._backlog[pool] = lines
 
     def entered(self, pool: str) -> None:
         self._in_flight[pool] = self._in_flight.get(pool, 0) + 1

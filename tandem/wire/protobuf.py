@@ -30,6 +30,7 @@ from tandem.chat import (
 from tandem.errors import (
     BadRequest,
     ModelNotFound,
+    NotFound,
     PayloadTooLarge,
     PermissionDenied,
     RateLimited,
@@ -342,6 +343,7 @@ _CODES: list[tuple[type[TandemError], grpc.StatusCode]] = [
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (ModelNotFound, grpc.StatusCode.NOT_FOUND),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
     (RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UpstreamUnavailable, grpc.StatusCode.UNAVAILABLE),
     (UpstreamTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),

@@ -49,6 +49,19 @@ def scaled_object(path: Path) -> None:
     check_scaled_object(yaml.safe_load(path.read_text()))
 
 
+def gateway_and_edge(path: Path) -> None:
+    """A section both processes take (`tracing`)."""
+    gateway(path)
+    edge(path)
+
+
+def distribution_config(path: Path) -> None:
+    """The stock registry's (distribution's) own configuration, as a factory mirror."""
+    config = yaml.safe_load(path.read_text())
+    assert config["version"] == 0.1 and "storage" in config
+    assert config["proxy"]["remoteurl"].startswith("https://")
+
+
 Loader = Callable[[Path], None]
 EXAMPLES: dict[tuple[str, int], Loader] = {
     ("docs/edge-agent.md", 0): edge,
@@ -64,6 +77,11 @@ EXAMPLES: dict[tuple[str, int], Loader] = {
     ("docs/shared-state.md", 0): gateway,
     ("docs/shared-state.md", 1): gateway,
     ("docs/deploy.md", 0): edge,
+    ("docs/batches.md", 0): gateway,
+    ("docs/model-distribution.md", 1): distribution_config,
+    ("docs/observability.md", 0): gateway_and_edge,
+    ("docs/routing.md", 0): gateway,
+    ("docs/routing.md", 1): edge,
 }
 
 

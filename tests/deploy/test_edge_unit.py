@@ -15,7 +15,8 @@ from edge_agent.config import EdgeConfig
 from gateway.config import GatewayConfig
 from tests.deploy.conftest import DEPLOY, ROOT
 
-SOURCES = ["tandem", "gateway", "edge_agent", "registry", "cli"]
+# "tests": the docs also name knobs of the test suite and benchmarks (TANDEM_OPS_SCREENSHOT, ...)
+SOURCES = ["tandem", "gateway", "edge_agent", "registry", "cli", "tests", "bench"]
 NAMED = re.compile(r"\bTANDEM_[A-Z0-9_]*[A-Z0-9]\b")
 
 
@@ -40,8 +41,11 @@ def read_by_the_code(name: str) -> bool:
     # a default of a `*_env` field: the configuration reads it without being told
     if EdgeConfig().uplink.api_key_env == name:
         return True
-    # read by a module itself (logging, registry credentials, the model store)
-    literal = re.compile(rf"""environ(\.get)?[\[(]\s*["']{name}["']|env\.get\(\s*["']{name}["']""")
+    # read by a module itself (logging, registry credentials, the model store), or the default
+    # of a command's `--*-env` option, which names the variable the command reads its key from
+    literal = re.compile(
+        rf"""environ(\.get)?[\[(]\s*["']{name}["']|env\.get\(\s*["']{name}["']|default=["']{name}["']"""
+    )
     return any(literal.search(p.read_text()) for d in SOURCES for p in (ROOT / d).rglob("*.py"))
 
 

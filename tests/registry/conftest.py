@@ -43,7 +43,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_registry(root: Path, extra_config: str = "") -> tuple[subprocess.Popen[bytes], RegistryServer]:
+def start_registry(
+    root: Path, extra_config: str = "", *, access_log: bool = False
+) -> tuple[subprocess.Popen[bytes], RegistryServer]:
+    """`access_log`: one line per request in `server.log`, with the bytes sent (what a test
+    counts to learn how often the registry served a blob)."""
     port = free_port()
     storage = root / "storage"
     storage.mkdir(parents=True, exist_ok=True)
@@ -53,7 +57,7 @@ def start_registry(root: Path, extra_config: str = "") -> tuple[subprocess.Popen
 log:
   level: warn
   accesslog:
-    disabled: true
+    disabled: {str(not access_log).lower()}
 storage:
   filesystem:
     rootdirectory: {storage}
@@ -112,11 +116,13 @@ def make_gguf(
     seed: int = 0,
     metadata: dict[str, str] | None = None,
     changed: dict[str, float] | None = None,
+    tokens: list[str] | None = None,
 ) -> Path:
     """A small, valid GGUF file (about 1 MiB per block at dim=256) made with the gguf package.
 
     `changed` adds a constant to the named tensors: the same model with those tensors updated.
-    `metadata` adds string keys to the header.
+    `metadata` adds string keys to the header; `tokens` a tokenizer vocabulary (a string
+    array, as real models carry) with its scores.
     """
     import gguf
 
@@ -133,6 +139,9 @@ def make_gguf(
     writer.add_name("tiny-qwen3")
     writer.add_context_length(4096)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    if tokens:
+        writer.add_token_list(tokens)
+        writer.add_token_scores([float(-i) for i in range(len(tokens))])
     for key, value in (metadata or {}).items():
         writer.add_string(key, value)
     for name, array in tensors.items():

@@ -13,8 +13,8 @@ from registry.store import Store
 CHUNK = 512 << 10
 
 
-def push(ref: Reference, gguf: Path, **settings: Path) -> PushResult:
-    return push_model(ref, ModelFiles(gguf=gguf, **settings), plain_http=True, max_chunk=CHUNK)
+def push(ref: Reference, gguf: Path, *, force: bool = False, **settings: Path) -> PushResult:
+    return push_model(ref, ModelFiles(gguf=gguf, **settings), plain_http=True, max_chunk=CHUNK, force=force)
 
 
 async def pull(ref: Reference, store: Store, **kwargs: object) -> PullResult:

@@ -80,7 +80,7 @@ async def test_a_chunk_damaged_in_the_store_is_discarded_and_fetched_again(
     store = Store(tmp_path / "store")
     first = await pull(model_ref, store, assemble=False)
     config = store.load_config(first.digest)
-    victim = config.tandem.chunks[2].digest
+    victim = max(config.tandem.chunks, key=lambda c: c.size).digest
     damaged = bytearray(store.read_blob(victim))
     damaged[100] ^= 0xFF
     store.blob_path(victim).write_bytes(bytes(damaged))  # as a failing disk would
@@ -102,3 +102,51 @@ async def test_a_pull_that_moves_one_chunk_assembles_the_others_from_the_store(
     result = await pull(model_ref, store)
     assert result.downloaded == [config.tandem.chunks[-1].digest]
     assert same_file(result.weights_path, gguf_file)
+
+
+async def test_a_weights_file_altered_in_place_is_not_handed_back_by_the_next_pull(
+    model_ref: Reference, gguf_file: Path, tmp_path: Path
+) -> None:
+    push(model_ref, gguf_file)
+    store = Store(tmp_path / "store")
+    first = await pull(model_ref, store)
+    assert first.weights_path is not None
+    with first.weights_path.open("r+b") as f:  # same size, one byte changed, as an editor would
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    again = await pull(model_ref, store)
+    assert same_file(again.weights_path, gguf_file)
+
+
+async def test_a_blob_altered_in_place_is_fetched_again_by_the_next_pull(
+    model_ref: Reference, gguf_file: Path, tmp_path: Path
+) -> None:
+    push(model_ref, gguf_file)
+    store = Store(tmp_path / "store")
+    first = await pull(model_ref, store, assemble=False)
+    victim = max(store.load_config(first.digest).tandem.chunks, key=lambda c: c.size).digest
+    with store.blob_path(victim).open("r+b") as f:
+        f.write(b"\0\0\0\0")
+    again = await pull(model_ref, store, assemble=False)
+    assert again.downloaded == [victim]
+
+
+async def test_verify_finds_and_removes_damage_and_a_killed_pulls_temporaries_go_at_the_next_pull(
+    model_ref: Reference, gguf_file: Path, tmp_path: Path
+) -> None:
+    push(model_ref, gguf_file)
+    store = Store(tmp_path / "store")
+    first = await pull(model_ref, store)
+    assert first.weights_path is not None and store.verify() == []
+    leftover = first.weights_path.with_name(first.weights_path.name + ".tmp99999")
+    leftover.write_bytes(b"half a file")
+    victim = store.load_manifest(first.digest).layers[0].digest
+    store.blob_path(victim).write_bytes(b"not what it was")
+    problems = store.verify()
+    assert len(problems) == 1 and victim[7:19] in problems[0]
+    assert not store.has(victim)
+    await pull(model_ref, store)
+    assert not leftover.exists()
+    assert store.verify() == []

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from registry.auth import Credentials
-from registry.errors import DigestMismatch, DiskFull, RegistryUnavailable
+from registry.errors import DigestMismatch, DiskFull, RegistryError, RegistryUnavailable
 from registry.pull import RegistryClient, fetch_artifact
 from registry.push import RemoteRepository
 from registry.reference import Reference, parse_reference
@@ -154,3 +154,44 @@ async def largest_layer(ref: Reference) -> str:
     async with RegistryClient(ref, plain_http=True) as client:
         _, _, manifest, _, _ = await fetch_artifact(client, ref.target)
     return max(manifest.layers, key=lambda layer: layer.size).digest
+
+
+async def test_push_force_repairs_a_blob_damaged_in_the_registry(
+    registry_server: RegistryServer, model_ref: Reference, tmp_path: Path
+) -> None:
+    gguf = make_gguf(tmp_path / "model.gguf", seed=4242)  # blobs no other test has
+    push(model_ref, gguf)
+    victim = Store(tmp_path / "probe")
+    async with RegistryClient(model_ref, plain_http=True) as client:
+        _, _, manifest, _, _ = await fetch_artifact(client, model_ref.target)
+    digest = manifest.layers_by_role("weights")[-1].digest
+    data = registry_server.blob_data(digest)
+    data.write_bytes(b"\0" * data.stat().st_size)  # a disk error in the registry's storage
+    assert push(model_ref, gguf).uploaded_blobs == 0  # a plain re-push trusts the registry's HEAD
+    with pytest.raises(DigestMismatch):
+        await pull(model_ref, victim)
+    # distribution never overwrites a blob it has: --force finds the damage and names what to delete
+    with pytest.raises(RegistryError, match=f"damaged copy of {digest}.*{digest[7:]}/data"):
+        push(model_ref, gguf, force=True)
+    data.unlink()  # what the operator is told to do
+    repaired = push(model_ref, gguf, force=True)
+    assert repaired.uploaded == [digest]  # every other blob was read back and found intact
+    result = await pull(model_ref, Store(tmp_path / "store"))
+    assert same_file(result.weights_path, gguf)
+
+
+def test_a_refetch_grows_the_progress_total_instead_of_overflowing_it() -> None:
+    import io
+
+    from rich.console import Console
+
+    from registry.progress import RichProgress
+
+    progress = RichProgress(100, "pull", Console(file=io.StringIO()))
+    with progress:
+        progress.start("layer", "layer", 40)
+        progress.advance("layer", 40)
+        progress.restart("layer", 40)  # the 40 bytes were damaged: they move again
+        progress.advance("layer", 40)
+        overall = progress._bars.tasks[0]
+        assert (overall.completed, overall.total) == (80, 140)

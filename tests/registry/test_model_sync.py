@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,8 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edge_agent.model_sync import ModelSync, ModelSyncConfig, versioned_name
-from registry.errors import RegistrationFailed, RegistryUnavailable
+from edge_agent.model_sync import ModelSync, ModelSyncConfig, seconds_until_window, versioned_name
+from registry.artifact import canonical_json, sha256_digest
+from registry.auth import Credentials
+from registry.errors import DigestMismatch, RegistryError, RegistryUnavailable
+from registry.push import BlobSource, RemoteRepository
 from registry.reference import Reference
 from simulators.ollama import OllamaSimConfig, OllamaSimulator
 from tests.registry.conftest import free_port, make_gguf
@@ -128,14 +132,55 @@ async def test_failed_registration_never_changes_what_is_served(
 ) -> None:
     sync = make_sync(ollama, tmp_path, versions["v1"])
     await sync.sync_once()
-    not_gguf = tmp_path / "weights.bin"
-    not_gguf.write_bytes(b"not a gguf file" * 50_000)  # Ollama refuses it at create
-    push(model_ref.with_tag("broken"), not_gguf)
-    sync.set_desired(str(model_ref.with_tag("broken")))
-    with pytest.raises(RegistrationFailed):
+    broken = with_wrong_weights_digest(model_ref, make_gguf(tmp_path / "b.gguf", seed=77), "broken")
+    sync.set_desired(str(broken))
+    with pytest.raises(DigestMismatch, match="config is wrong"):  # Ollama refused the bytes
         await sync.sync_once()
     assert await template_of(ollama, SERVED) == "T1 {{ .Prompt }}"
     assert sync.status()["last_error"] is not None
+
+
+def with_wrong_weights_digest(ref: Reference, gguf: Path, tag: str) -> Reference:
+    """A version whose chunks are sound but whose config names another whole-file digest:
+    it pulls (the chunks verify), and Ollama refuses the file it makes."""
+    pushed = push(ref.with_tag(f"{tag}-base"), gguf)
+    repo = RemoteRepository(ref, Credentials(), plain_http=True)
+    manifest = json.loads(repo.get_manifest(pushed.manifest_digest)[0])
+    config = json.loads(repo.call("GET", repo._base + "/blobs/" + manifest["config"]["digest"]).content)
+    config["tandem"]["weights"]["digest"] = "sha256:" + "0" * 64
+    raw = canonical_json(config)
+    repo.upload(BlobSource(sha256_digest(raw), len(raw), "config", data=raw), len(raw), lambda n: None)
+    manifest["config"].update(digest=sha256_digest(raw), size=len(raw))
+    repo.put_manifest(tag, canonical_json(manifest))
+    return ref.with_tag(tag)
+
+
+async def test_an_update_never_writes_the_weights_file_on_the_edge_and_ollama_gets_the_exact_bytes(
+    ollama, model_ref: Reference, tmp_path: Path
+) -> None:
+    gguf = make_gguf(tmp_path / "m.gguf", seed=31)
+    push(model_ref, gguf)
+    sync = make_sync(ollama, tmp_path, model_ref)
+    assert await sync.sync_once() == "switched"
+    assert not any((tmp_path / "store/files/sha256").iterdir())  # chunks only, streamed to Ollama
+    digest = sync.store.load_config(sync.state.current.digest).tandem.weights.digest  # type: ignore[union-attr]
+    assert ollama.library.blob_path(digest).read_bytes() == gguf.read_bytes()
+    assert sync.last_registration is not None and sync.last_registration.uploaded_bytes == gguf.stat().st_size
+
+
+async def test_a_version_ollama_already_has_is_not_read_again(ollama, versions, tmp_path: Path) -> None:
+    sync = make_sync(ollama, tmp_path, versions["v1"])
+    await sync.sync_once()
+    config = sync.store.load_config(sync.state.current.digest)  # type: ignore[union-attr]
+    for chunk in config.tandem.chunks:  # were any of them read, the upload would fail
+        sync.store.blob_path(chunk.digest).chmod(0)
+    try:
+        sync.set_desired(str(versions["v2"]))  # a template change: same weights
+        assert await sync.sync_once() == "switched"
+    finally:
+        for chunk in config.tandem.chunks:
+            sync.store.blob_path(chunk.digest).chmod(0o644)
+    assert sync.last_registration is not None and sync.last_registration.uploaded_bytes == 0
 
 
 async def test_unreachable_registry_leaves_the_current_model_serving(
@@ -225,3 +270,38 @@ async def wait_for(condition) -> None:  # type: ignore[no-untyped-def]
     while not condition():
         assert time.monotonic() < deadline, "condition never held"
         await asyncio.sleep(0.005)
+
+
+def test_download_window_math_wraps_past_midnight() -> None:
+    import datetime
+
+    at = datetime.datetime(2026, 1, 5, 12, 0)
+    assert seconds_until_window("22:00-06:00", at) == 10 * 3600
+    assert seconds_until_window("22:00-06:00", at.replace(hour=23)) == 0
+    assert seconds_until_window("22:00-06:00", at.replace(hour=5, minute=59)) == 0
+    assert seconds_until_window("09:00-17:00", at) == 0
+    assert seconds_until_window("13:30-14:00", at) == 5400
+
+
+async def test_downloads_wait_for_the_window_while_the_current_model_serves(
+    ollama, versions, tmp_path: Path
+) -> None:
+    import datetime
+
+    await make_sync(ollama, tmp_path, versions["v1"]).sync_once()
+    now = datetime.datetime.now()
+    closed = f"{(now + datetime.timedelta(hours=2)):%H:%M}-{(now + datetime.timedelta(hours=3)):%H:%M}"
+    sync = make_sync(ollama, tmp_path, None, download_window=closed)
+    sync.set_desired(str(versions["v3"]))  # one changed tensor: bytes to download
+    task = asyncio.create_task(sync.sync_once())
+    await wait_for(lambda: sync.status()["waiting_for_download_window"])
+    assert not any((sync.store.root / "partial/sha256").iterdir())
+    assert await template_of(ollama, SERVED) == "T1 {{ .Prompt }}"
+    await sync.stop()
+    with pytest.raises(RegistryError, match="download window"):
+        await task
+
+
+def test_a_mirror_that_is_not_a_url_is_refused_in_the_config(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"mirror 'mirror\.local:5000' must be http"):
+        ModelSyncConfig(served_name="x:y", store_dir=tmp_path, mirrors=["mirror.local:5000"])

@@ -16,8 +16,10 @@ def test_reference_with_port_and_tag_parses() -> None:
     )
 
 
-def test_reference_without_tag_means_latest() -> None:
-    assert parse_reference("localhost/models/qwen3").target == "latest"
+def test_reference_without_tag_is_refused_with_a_hint() -> None:
+    with pytest.raises(BadReference, match=r"no tag.*localhost/models/qwen3:latest"):
+        parse_reference("localhost/models/qwen3")
+    assert parse_reference("localhost/models/qwen3:latest").target == "latest"
 
 
 def test_reference_pinned_by_digest_targets_the_digest() -> None:
