@@ -5,7 +5,7 @@
 # .engine/ of this checkout. Called by `deploy/bootstrap.sh --test`.
 #
 # llama-cpp-python is published on PyPI as source only: its C++ is compiled here with cmake
-# (about 15 minutes on 2 cores). The wheel is built once per version and CPU (it is compiled
+# (about 5 minutes on this 2-core machine, up to 15 on a slower one). The wheel is built once per version and CPU (it is compiled
 # for the CPU it runs on) and kept in ${TANDEM_ENGINE_CACHE:-~/.cache/tandem/engine}; later
 # runs install from it in seconds. Needs uv on PATH (bootstrap.sh provides it), cmake and a
 # C++ compiler (Debian's cmake and g++; installed here when missing).
@@ -27,7 +27,7 @@ if ! ls "$wheels"/llama_cpp_python-"$LLAMA_CPP_PYTHON"-*.whl >/dev/null 2>&1; th
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends cmake g++ >/dev/null
   fi
-  echo "test-engine: building llama-cpp-python $LLAMA_CPP_PYTHON from source (once per machine, ~15 min on 2 cores)"
+  echo "test-engine: building llama-cpp-python $LLAMA_CPP_PYTHON from source (once per machine and version: ~5 min on 2 cores here, up to ~15 elsewhere)"
   started=$(date +%s)
   build_env="$cache/build-venv"
   [ -x "$build_env/bin/pip" ] || python3 -m venv "$build_env"
