@@ -5,9 +5,9 @@
 # .engine/ of this checkout. Called by `deploy/bootstrap.sh --test`.
 #
 # llama-cpp-python is published on PyPI as source only: its C++ is compiled here with cmake
-# (about 5 minutes on this 2-core machine, up to 15 on a slower one). The wheel is built once per version and CPU (it is compiled
-# for the CPU it runs on) and kept in ${TANDEM_ENGINE_CACHE:-~/.cache/tandem/engine}; later
-# runs install from it in seconds. Needs uv on PATH (bootstrap.sh provides it), cmake and a
+# (about 5 minutes on this 2-core machine, up to 15 on a slower one). The wheel is built once
+# per version and CPU (it is compiled for the CPU it runs on) and kept in
+# ${TANDEM_ENGINE_CACHE:-~/.cache/tandem/engine}; later runs install from it in seconds. Needs uv on PATH (bootstrap.sh provides it), cmake and a
 # C++ compiler (Debian's cmake and g++; installed here when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
