@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import aiohttp
 import grpc
 
 from bench.loadgen import LoadResult
@@ -132,9 +133,11 @@ async def run_grpc_load(
 
 
 class NullGateway(pb_grpc.GatewayServicer):
-    """Answers every `Chat` at once with prepared chunks: the load generator's own ceiling."""
+    """Answers every `Chat` with prepared chunks: at once (the load generator's own ceiling), or
+    one every 1/`rate` seconds (the floor under any gRPC server streaming at an engine's pace)."""
 
-    def __init__(self, tokens: int, chunks: int) -> None:
+    def __init__(self, tokens: int, chunks: int, rate: float = 0.0) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
         words = ["tok"] * tokens
         per = max(1, -(-tokens // max(1, chunks)))
         self.chunks = [
@@ -147,13 +150,40 @@ class NullGateway(pb_grpc.GatewayServicer):
         self, request: pb.ChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ChatChunk]:
         for chunk in self.chunks:
+            if self.interval:
+                await asyncio.sleep(self.interval)
             yield chunk
         yield self.last
 
 
-async def serve_null(host: str, port: int, tokens: int, chunks: int) -> None:
+class RelayGateway(pb_grpc.GatewayServicer):
+    """A do-nothing gRPC relay: each `Chat` POSTs a fixed streamed request to an OpenAI-compatible
+    upstream and sends every network read of its body on as one message, unparsed. The floor
+    under any gRPC face in front of an HTTP engine: one upstream read and one gRPC write per
+    token at an engine's pace, and nothing else."""
+
+    def __init__(self, upstream: str, model: str) -> None:
+        self.url = upstream.rstrip("/") + "/v1/chat/completions"
+        self.body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "stream": True}
+        self.session: aiohttp.ClientSession | None = None
+
+    async def Chat(
+        self, request: pb.ChatRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ChatChunk]:
+        if self.session is None:
+            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        async with self.session.post(self.url, json=self.body) as up:
+            async for data in up.content.iter_any():
+                yield pb.ChatChunk(id="relay", content=data.decode("utf-8", "replace"))
+        yield pb.ChatChunk(id="relay", finish_reason="stop")
+
+
+async def serve_null(
+    host: str, port: int, tokens: int, chunks: int, rate: float = 0.0, upstream: str | None = None
+) -> None:
     server = grpc.aio.server()
-    pb_grpc.add_GatewayServicer_to_server(NullGateway(tokens, chunks), server)
+    servicer = RelayGateway(upstream, "Qwen/Qwen3-14B") if upstream else NullGateway(tokens, chunks, rate)
+    pb_grpc.add_GatewayServicer_to_server(servicer, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     print(f"null gateway: listening on grpc://{host}:{bound}", flush=True)
@@ -185,10 +215,12 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--port", type=int, default=0)
     serve.add_argument("--tokens", type=int, default=16)
     serve.add_argument("--chunks", type=int, default=1, help="messages the tokens are sent in")
+    serve.add_argument("--rate", type=float, default=0.0, help="messages per second per call (0: at once)")
+    serve.add_argument("--upstream", help="relay each call from this vLLM-compatible base URL instead")
     args = parser.parse_args(argv)
     if args.command == "serve":
         with contextlib.suppress(KeyboardInterrupt):
-            _loop_run(serve_null(args.host, args.port, args.tokens, args.chunks))
+            _loop_run(serve_null(args.host, args.port, args.tokens, args.chunks, args.rate, args.upstream))
         return
     spec = GrpcSpec(
         target=args.target,

@@ -653,7 +653,11 @@ def profile_section(res: dict[str, Any]) -> list[str]:
 
 # Hand-written sections of the current document, kept as they are (a recorded measurement and
 # its reading, the simulators' notes).
-KEPT = ("## Engine hop: EngineClient vs aiohttp's client, side by side", "## Simulators")
+KEPT = (
+    "## Engine hop: EngineClient vs aiohttp's client, side by side",
+    "## Real pace: CPU per token at an engine's pace",
+    "## Simulators",
+)
 
 
 def _kept_sections(existing: str) -> list[str]:

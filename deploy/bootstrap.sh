@@ -2,7 +2,8 @@
 # Sets up a fresh Debian/Ubuntu machine with Python 3.11+ to run Tandem from this checkout:
 # uv (from PyPI), then the exact locked dependencies into .venv. With --test it also installs
 # the servers the test suite talks to (Debian's docker-registry, redis-server, tinyproxy and
-# dnsmasq) and Debian's chromium with its chromedriver (the ops page's browser test).
+# dnsmasq), Debian's chromium with its chromedriver (the ops page's browser test) and a real
+# engine (llama.cpp's server and a small model: deploy/test-engine.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,3 +41,9 @@ fi
 # budget is 1 s) must not depend on whether PYTHONDONTWRITEBYTECODE is set where it runs.
 uv sync --frozen --quiet --compile-bytecode
 .venv/bin/python -m compileall -q -j 0 tandem gateway edge_agent registry simulators cli >/dev/null
+
+if [ "$want_test_servers" = 1 ]; then
+  # A real OpenAI-compatible engine for tests/engine/ (its first build takes ~6-15 minutes and
+  # is cached per machine).
+  bash deploy/test-engine.sh
+fi

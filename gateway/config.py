@@ -10,6 +10,7 @@ Example:
             model: Qwen/Qwen3-14B      # the name vLLM serves it under
             api_key_env: VLLM_API_KEY  # the key is read from this variable, never from the file
             max_concurrency: 64
+            kind: vllm                 # or llama-cpp (docs/engines.md)
         fallbacks: [qwen3-32b]         # pools to try when every endpoint of this one failed
 """
 
@@ -28,6 +29,7 @@ from tandem.errors import ConfigError
 from tandem.routing.classifier import Prefer
 from tandem.tracing import TracingConfig
 from tandem.transport import ClientTLS, HttpClient
+from tandem.wire.dialects import EngineKind
 
 
 class Listen(Section):
@@ -78,6 +80,8 @@ class Endpoint(Section):
     )
     max_concurrency: int = Field(64, ge=1)
     weight: int = Field(1, ge=1)
+    # Which engine it is: the request body is mapped for its dialect (`tandem/wire/dialects.py`).
+    kind: EngineKind = "vllm"
 
     @field_validator("url")
     @classmethod
@@ -99,6 +103,7 @@ class Discovery(DnsSource):
     tls: ClientTLS | None = Field(None, description="for https: CA bundle, client certificate, verify")
     max_concurrency: int = Field(64, ge=1)
     weight: int = Field(1, ge=1)
+    kind: EngineKind = "vllm"  # the engine on every endpoint (`tandem/wire/dialects.py`)
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None

@@ -190,8 +190,8 @@ async def errors_as_json(
         if exc.status < 400:
             raise
         err = BadRequest(f"{request.method} {request.path}: {exc.reason}")
-        _, body, _ = wire.error_response(err)
-        return json_response(body, exc.status)
+        # The body's code is the status sent (404, 405), not BadRequest's 400.
+        return json_response(orjson.dumps(wire.error_body(err, exc.status)), exc.status)
     except TandemError as err:
         return error_response(err)
     except Exception:

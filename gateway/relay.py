@@ -20,6 +20,7 @@ import orjson
 from gateway.pool import Upstream
 from tandem.chat import Chunk, ToolCall, Usage
 from tandem.transport import Response, Transport, Unreachable
+from tandem.wire import dialects
 
 
 class AttemptFailed(Exception):
@@ -32,13 +33,22 @@ class AttemptFailed(Exception):
     """
 
     def __init__(
-        self, message: str, *, status: int | None = None, request_fault: bool = False, reached: bool = True
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        request_fault: bool = False,
+        reached: bool = True,
+        over_context: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
-        self.request_fault = request_fault
+        self.request_fault = request_fault or over_context
         self.reached = reached
+        # The engine said the prompt does not fit its context (`dialects.over_context`): the
+        # caller gets OpenAI's context_length_exceeded, and the endpoint is not to blame.
+        self.over_context = over_context
 
 
 # The words with which engines say a request asks for something they cannot do: llama.cpp's
@@ -66,7 +76,12 @@ def request_fault_of(status: int, message: str) -> bool:
 
 
 class StreamBroken(Exception):
-    """The engine failed after the stream had started (an error event, a reset, a timeout)."""
+    """The engine failed after the stream had started (an error event, a reset, a timeout, an
+    end without a finish_reason). `empty`: not one byte of the body had arrived."""
+
+    def __init__(self, message: str, *, empty: bool = False) -> None:
+        super().__init__(message)
+        self.empty = empty
 
 
 class Relay:
@@ -109,6 +124,33 @@ class Relay:
             raise await _failed_response(upstream, resp)
         return resp
 
+    async def over_context(
+        self, upstream: Upstream, body: dict[str, Any], *, within_s: float
+    ) -> AttemptFailed | None:
+        """Asks an engine whose stream closed before its first byte whether the prompt was too
+        long; the refusal when it was, else None.
+
+        llama-cpp-python's server checks the prompt's length only once it has answered 200 to a
+        stream, and then closes the body without a word. The same request, not streamed and
+        capped at one token, gets its 400 `context_length_exceeded` (the check is on the
+        prompt alone); a prompt that fits costs one prefill, after a stream that failed anyway.
+        """
+        probe = {k: v for k, v in body.items() if k != "stream_options"}
+        probe["stream"] = False
+        probe["max_tokens"] = 1
+        # Once more when the connection failed: the failed stream's connection went back to the
+        # pool when its (empty) body ended, and the server resets it.
+        for _ in range(2):
+            try:
+                resp = await self.open(upstream, probe, first_byte_timeout=within_s, total_timeout=within_s)
+            except AttemptFailed as exc:
+                if exc.status is None and exc.reached:
+                    continue
+                return exc if exc.over_context else None
+            resp.release()
+            return None
+        return None
+
 
 async def _failed_response(upstream: Upstream, resp: Response) -> AttemptFailed:
     status = resp.status
@@ -119,19 +161,33 @@ async def _failed_response(upstream: Upstream, resp: Response) -> AttemptFailed:
     finally:
         resp.release()
     message = raw[:500].decode("utf-8", "replace")
+    code: object = None
+    kind: object = None
     try:
         parsed = orjson.loads(raw)
         err = parsed.get("error", parsed) if isinstance(parsed, dict) else {}
-        message = str(err.get("message", message)) if isinstance(err, dict) else str(err)
+        if isinstance(err, dict):
+            message = str(err.get("message", message))
+            code, kind = err.get("code"), err.get("type")
+        else:
+            message = str(err)
     except orjson.JSONDecodeError:
         pass
     message = message or f"HTTP {status}"
-    return AttemptFailed(message, status=status, request_fault=request_fault_of(status, message))
+    return AttemptFailed(
+        message,
+        status=status,
+        request_fault=request_fault_of(status, message),
+        # Only a refusal: a 5xx that mentions the context is the engine's failure.
+        over_context=status < 500 and dialects.over_context(message, code, kind),
+    )
 
 
 def _tool_calls(raw: list[dict[str, Any]] | None) -> list[ToolCall]:
+    if not raw:
+        return []
     calls = []
-    for i, c in enumerate(raw or []):
+    for i, c in enumerate(raw):
         fn = c.get("function") or {}
         calls.append(
             ToolCall(
@@ -182,19 +238,26 @@ def _event_chunk(event: dict[str, Any]) -> Chunk | None:
 async def stream_chunks(resp: Response) -> AsyncGenerator[list[Chunk], None]:
     """Yields the chunks of an SSE stream, one list per network read, until `[DONE]`.
 
-    Raises `StreamBroken` when the engine sends an error event, the connection drops, or
-    nothing arrives for the read timeout given to `Relay.open`.
+    Raises `StreamBroken` when the engine sends an error event, the connection drops, nothing
+    arrives for the read timeout given to `Relay.open`, or `[DONE]` comes without any
+    finish_reason before it: an engine that cuts a stream short (llama-cpp-python's server
+    ends a running stream with `[DONE]` when another request arrives) has not answered.
     """
     buffer = b""
     done = False
+    finished = False
+    received = False
     try:
         while not done:
             try:
                 data = await resp.readany()
             except (Unreachable, TimeoutError) as exc:
-                raise StreamBroken(f"connection to the engine failed: {type(exc).__name__}") from None
+                raise StreamBroken(
+                    f"connection to the engine failed: {type(exc).__name__}", empty=not received
+                ) from None
             if not data:
-                raise StreamBroken("the engine closed the stream before [DONE]")
+                raise StreamBroken("the engine closed the stream before [DONE]", empty=not received)
+            received = True
             buffer += data
             *events, buffer = buffer.split(b"\n\n")
             batch: list[Chunk] = []
@@ -212,7 +275,10 @@ async def stream_chunks(resp: Response) -> AsyncGenerator[list[Chunk], None]:
                         raise StreamBroken("the engine sent an event that is not JSON") from None
                     chunk = _event_chunk(parsed)
                     if chunk is not None:
+                        finished = finished or chunk.finish_reason is not None
                         batch.append(chunk)
+            if done and not finished:
+                raise StreamBroken("the engine ended the stream without a finish_reason")
             if done:
                 await resp.drain()  # the chunked body's end: the connection goes back to the pool
             if batch:

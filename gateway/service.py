@@ -32,6 +32,7 @@ from gateway.pool import Balancer, Upstream
 from gateway.pool.elastic import ElasticPools
 from gateway.relay import AttemptFailed, Relay, StreamBroken, first_batch, stream_chunks
 from gateway.retry_budget import RetryBudget
+from gateway.usage import UsageCounter, exact_for
 from tandem.chat import ChatRequest, ChatResult, Chunk, Mode, RouteDecision, Usage, assemble
 from tandem.errors import (
     BadRequest,
@@ -49,6 +50,7 @@ from tandem.metrics import Metrics
 from tandem.routing.decide import route
 from tandem.tracing import NO_SPAN, Span, Tracing
 from tandem.transport import Transport
+from tandem.wire import dialects
 from tandem.wire import openai as wire
 
 if TYPE_CHECKING:
@@ -111,20 +113,38 @@ class ActiveStream:
     _rest: AsyncGenerator[list[Chunk], None]
     _admission: Admission
     _service: GatewayService
+    _counter: UsageCounter
     _span: Span = NO_SPAN  # the engine attempt that answers: it ends with the stream
     tenant: str | None = None
-    usage: Usage | None = None  # the engine's, once its usage chunk has arrived
+    usage: Usage | None = None  # the engine's, once its usage chunk has arrived (or the count)
     _started: float = field(default_factory=time.perf_counter)
 
     async def batches(self) -> AsyncGenerator[list[Chunk], None]:
-        """All chunks, first batch included. Raises `UpstreamFailed` if the engine breaks off."""
+        """All chunks, first batch included. Raises `UpstreamFailed` if the engine breaks off.
+
+        An engine that sent no usage (llama.cpp's servers ignore `stream_options`) gets its
+        answer counted here (`UsageCounter`): the usage is added to the last batch, or sent
+        as a batch of its own when the engine's `[DONE]` came alone.
+        """
+        counter = self._counter
         try:
             # A short answer's whole stream, usage included, may be in the first batch.
-            self._note_usage(self.first)
-            yield self.first
+            batch = self.first
+            self._note_usage(batch)
+            counter.add(batch)
+            if batch and batch[-1].final and counter.missing:
+                self._count_usage(batch)
+            yield batch
             async for batch in self._rest:
                 self._note_usage(batch)
+                counter.add(batch)
+                if batch[-1].final and counter.missing:
+                    self._count_usage(batch)
                 yield batch
+            if counter.missing:  # [DONE] came in a read of its own
+                last = [Chunk(final=True)]
+                self._count_usage(last)
+                yield last
         except StreamBroken as exc:
             assert self._admission.upstream is not None
             self._service.balancer.failed(self._admission.upstream, status=None, error=str(exc))
@@ -138,6 +158,13 @@ class ActiveStream:
         if usage is not None:
             self._admission.used_tokens = usage.total_tokens
             self.usage = usage
+
+    def _count_usage(self, batch: list[Chunk]) -> None:
+        """Puts the counted usage on the batch's last chunk (it has none: the engine sent none)."""
+        usage = self._counter.count()
+        batch[-1].usage = usage
+        self._admission.used_tokens = usage.total_tokens
+        self.usage = usage
 
     async def close(self) -> None:
         # Closing the generator releases the upstream connection when the caller went away.
@@ -199,6 +226,21 @@ class GatewayService:
     async def start(self) -> None:
         await self.state.start()
         await self.elastic.start()
+        if any(kind != "vllm" and exact_for(model) for kind, model in self._engines()):
+            # Their answers are counted here (`gateway/usage.py`): Qwen's tokenizer loads now,
+            # off the event loop, not in the first answer's path (~0.2 s).
+            from tandem.routing.tokens import encoding
+
+            await asyncio.to_thread(encoding)
+
+    def _engines(self) -> list[tuple[str, str]]:
+        """(kind, served model) of every configured endpoint and discovery template."""
+        out: list[tuple[str, str]] = []
+        for pool in self.config.pools:
+            out += [(e.kind, e.model) for e in pool.endpoints]
+            if pool.discovery is not None:
+                out.append((pool.discovery.kind, pool.discovery.model))
+        return out
 
     async def close(self) -> None:
         await self.elastic.stop()
@@ -318,9 +360,10 @@ class GatewayService:
     ) -> dict[str, Any]:
         thinking = decision.mode is Mode.THINKING
         defaults = self.config.thinking_sampling if thinking else self.config.non_thinking_sampling
-        return wire.engine_body(
+        body = wire.engine_body(
             req, model=upstream.model, thinking=thinking, sampling_defaults=defaults, stream=stream
         )
+        return dialects.for_engine(body, upstream.kind, served_model=upstream.model)
 
     def _succeeded(self, upstream: Upstream, latency_s: float) -> None:
         # Reported once the answer is on its way: litellm's bookkeeping (~35 us of CPU) then
@@ -339,6 +382,8 @@ class GatewayService:
         if exc.request_fault:
             self.balancer.rejected(upstream)
             log.info("upstream_rejected_request", upstream=upstream.id, status=exc.status, error=exc.message)
+            if exc.over_context:  # every engine of the pool serves the same model: no retry
+                raise ContextTooLong.from_engine(exc.message)
             assert exc.status is not None
             if exc.status < 500 or any(f.request_fault for f in failures):
                 raise _request_error(exc)
@@ -448,6 +493,7 @@ class GatewayService:
         async with self._attempts(decision, admission) as attempts:
             async for upstream in attempts:
                 started = time.perf_counter()
+                body = self._body(req, decision, upstream, stream=True)
                 span = self.tracing.start(
                     "engine.attempt",
                     kind="client",
@@ -458,7 +504,7 @@ class GatewayService:
                 try:
                     resp = await self.relay.open(
                         upstream,
-                        self._body(req, decision, upstream, stream=True),
+                        body,
                         first_byte_timeout=router.first_token_timeout_seconds,
                         total_timeout=router.timeout_seconds,
                         headers=trace_headers,
@@ -472,6 +518,12 @@ class GatewayService:
                         raise AttemptFailed(f"{upstream.id}: no first token within {deadline:g}s") from None
                     except StreamBroken as exc:
                         await rest.aclose()
+                        if exc.empty and upstream.kind == "llama-cpp":
+                            refused = await self.relay.over_context(
+                                upstream, body, within_s=router.first_token_timeout_seconds
+                            )
+                            if refused is not None:
+                                raise refused from None
                         raise AttemptFailed(f"{upstream.id}: {exc}") from None
                 except AttemptFailed as exc:
                     span.fail(exc.message)
@@ -494,6 +546,7 @@ class GatewayService:
                     _rest=rest,
                     _admission=admission,
                     _service=self,
+                    _counter=UsageCounter(req, upstream.model),
                     _span=span,
                     tenant=req.tenant,
                 )

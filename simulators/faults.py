@@ -29,6 +29,9 @@ class Faults:
     - `slow_start`: seconds to wait before the first byte of any answer.
     - `dead`: the engine is dead: health checks fail and every request gets the engine's
       dead-engine error.
+    - `cut_after`: after this many stream chunks, end the stream as if it were complete
+      (`[DONE]`) without any finish_reason, as llama-cpp-python's server cuts a running stream
+      when another request arrives (vLLM simulator; a non-streamed request is not affected).
     - `reject_field`: a request whose body has this top-level field is answered with
       `reject_status` and a message naming the field as unsupported, as an engine refuses a
       feature it lacks (llama.cpp's server answers 500 to an unsupported `response_format`).
@@ -40,6 +43,7 @@ class Faults:
     hang: bool = False
     disconnect_after: int | None = None
     error_after: int | None = None
+    cut_after: int | None = None
     slow_start: float = 0.0
     dead: bool = False
     reject_field: str | None = None
@@ -52,7 +56,7 @@ class Faults:
             status = getattr(self, name)
             if not 400 <= status <= 599:
                 raise ValueError(f"faults.{name} must be an HTTP error status, got {status}")
-        for name in ("disconnect_after", "error_after"):
+        for name in ("disconnect_after", "error_after", "cut_after"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"faults.{name} must be >= 0, got {value}")
@@ -90,7 +94,7 @@ def _coerce(key: str, value: Any) -> Any:
         if value is not None and not isinstance(value, str):
             raise ValueError(f"faults.{key} must be a string or null")
         return value
-    if key in ("disconnect_after", "error_after"):
+    if key in ("disconnect_after", "error_after", "cut_after"):
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int):

@@ -21,6 +21,7 @@ from simulators.faults import Faults
 class Outcome(enum.Enum):
     COMPLETE = "complete"
     DISCONNECTED = "disconnected"  # the connection was cut on purpose
+    CUT = "cut"  # ended as if complete, without a finish (Faults.cut_after)
     ERRORED = "errored"  # an in-stream error event was sent
     ERROR_NOT_STARTED = "error_not_started"  # the error came before any byte: answer with a status
 
@@ -53,6 +54,8 @@ class Stream:
     # Whether an error before the first byte is answered with an HTTP status (Ollama) rather
     # than as an in-stream event (vLLM always starts its stream with the role chunk).
     status_error_before_start: bool = False
+    # What ends a stream cut short (`Faults.cut_after`); None: the server never cuts one.
+    cut_event: bytes | None = None
 
 
 class StreamWriter:
@@ -83,6 +86,7 @@ class StreamWriter:
         count = len(events)
         disconnect_at = faults.disconnect_after
         error_at = faults.error_after
+        cut_at = faults.cut_after if stream.cut_event is not None else None
         next_at = 0.0
         for i in range(count + 1):
             if i == stream.first_token or (i == count and self.first_token_at is None):
@@ -106,6 +110,11 @@ class StreamWriter:
                 pending.append(stream.error_event)
                 await self._finish(stream, pending)
                 return Outcome.ERRORED
+            if i == cut_at:
+                assert stream.cut_event is not None
+                pending.append(stream.cut_event)
+                await self._finish(stream, pending)
+                return Outcome.CUT
             pending.append(events[i] if i < count else stream.finish())
         await self._finish(stream, pending)
         return Outcome.COMPLETE

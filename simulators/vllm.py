@@ -489,6 +489,7 @@ class VllmSimulator(SimServer):
             frame=b"".join,
             finish=finish,
             error_event=b"data: " + orjson.dumps(error) + b"\n\ndata: [DONE]\n\n",
+            cut_event=b"data: [DONE]\n\n",
         )
         response = web.StreamResponse(headers={"Content-Type": _SSE_TYPE + "; charset=utf-8"})
         writer = StreamWriter(request, response)

@@ -113,6 +113,8 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     reasoning_tokens: int = 0
+    # Counted by the gateway because the engine reported none (`gateway/usage.py`).
+    counted: bool = False
 
     @property
     def total_tokens(self) -> int:

@@ -53,6 +53,15 @@ class ContextTooLong(BadRequest):
         self.prompt_tokens = prompt_tokens
         self.max_tokens = max_tokens
 
+    @classmethod
+    def from_engine(cls, message: str) -> ContextTooLong:
+        """An engine's over-context refusal, its own words passed on (it knows its limit and
+        the exact count; the numbers are not parsed out of its message)."""
+        err = cls.__new__(cls)
+        BadRequest.__init__(err, message, param="messages")
+        err.limit = err.prompt_tokens = err.max_tokens = 0
+        return err
+
 
 class Unauthenticated(TandemError):
     """No or an unknown API key (HTTP 401, UNAUTHENTICATED)."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
 from tandem.transport import ClientTLS
+from tandem.wire.dialects import EngineKind
 
 if TYPE_CHECKING:
     from gateway.pool.load import LoadScraper
@@ -33,6 +34,7 @@ class Upstream:
     max_concurrency: int
     context_length: int
     tls: ClientTLS | None = None  # for an https:// endpoint: whom to trust, our client certificate
+    kind: EngineKind = "vllm"  # its engine's dialect (`tandem/wire/dialects.py`)
 
     @property
     def label(self) -> str:

@@ -151,6 +151,7 @@ class ElasticPools:
             max_concurrency=d.max_concurrency,
             context_length=pool.context_length,
             tls=d.tls,
+            kind=d.kind,
         )
 
     def _retarget(self) -> None:

@@ -291,6 +291,7 @@ def _upstreams_of(pool: Pool, *, taken: Iterable[str]) -> list[Upstream]:
                 tls=endpoint.tls,
                 max_concurrency=endpoint.max_concurrency,
                 context_length=pool.context_length,
+                kind=endpoint.kind,
             )
         )
     return made

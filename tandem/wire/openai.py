@@ -430,6 +430,8 @@ def usage_body(u: Usage) -> dict[str, Any]:
     }
     if u.reasoning_tokens:
         body["completion_tokens_details"] = {"reasoning_tokens": u.reasoning_tokens}
+    if u.counted:  # the engine reported none: Tandem counted it (docs/engines.md says how)
+        body["tandem_counted"] = True
     return body
 
 
@@ -539,9 +541,14 @@ def error_status(err: TandemError) -> int:
     return 500
 
 
-def error_body(err: TandemError) -> dict[str, Any]:
+def error_body(err: TandemError, status: int | None = None) -> dict[str, Any]:
+    """OpenAI's error object. `code` is the HTTP status (as vLLM says it), except where OpenAI
+    names the error: context_length_exceeded, which clients match on to shorten a chat."""
     param = getattr(err, "param", None)
-    return {"error": {"message": err.message, "type": err.kind, "param": param, "code": error_status(err)}}
+    code: int | str = "context_length_exceeded" if isinstance(err, ContextTooLong) else error_status(err)
+    if status is not None:
+        code = status
+    return {"error": {"message": err.message, "type": err.kind, "param": param, "code": code}}
 
 
 def error_response(err: TandemError) -> tuple[int, bytes, dict[str, str]]:

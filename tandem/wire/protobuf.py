@@ -282,6 +282,7 @@ def usage_to_pb(u: Usage) -> pb.Usage:
         completion_tokens=u.completion_tokens,
         total_tokens=u.total_tokens,
         reasoning_tokens=u.reasoning_tokens,
+        counted=u.counted,
     )
 
 
@@ -316,6 +317,7 @@ def chunk_from_pb(m: pb.ChatChunk) -> Chunk:
             prompt_tokens=m.usage.prompt_tokens,
             completion_tokens=m.usage.completion_tokens,
             reasoning_tokens=m.usage.reasoning_tokens,
+            counted=m.usage.counted,
         )
         if m.HasField("usage")
         else None,
