@@ -656,6 +656,7 @@ def profile_section(res: dict[str, Any]) -> list[str]:
 KEPT = (
     "## Engine hop: EngineClient vs aiohttp's client, side by side",
     "## Real pace: CPU per token at an engine's pace",
+    "## Tracing: CPU per request, off and on",
     "## Simulators",
 )
 
