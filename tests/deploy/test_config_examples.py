@@ -82,6 +82,7 @@ EXAMPLES: dict[tuple[str, int], Loader] = {
     ("docs/observability.md", 0): gateway_and_edge,
     ("docs/routing.md", 0): gateway,
     ("docs/routing.md", 1): edge,
+    ("docs/engines.md", 0): gateway,
 }
 
 

@@ -46,7 +46,11 @@ def read_by_the_code(name: str) -> bool:
     literal = re.compile(
         rf"""environ(\.get)?[\[(]\s*["']{name}["']|env\.get\(\s*["']{name}["']|default=["']{name}["']"""
     )
-    return any(literal.search(p.read_text()) for d in SOURCES for p in (ROOT / d).rglob("*.py"))
+    if any(literal.search(p.read_text()) for d in SOURCES for p in (ROOT / d).rglob("*.py")):
+        return True
+    # read by a set-up script (`${TANDEM_ENGINE_CACHE:-...}` in deploy/test-engine.sh)
+    expansion = re.compile(rf"\$\{{?{name}\b")
+    return any(expansion.search(p.read_text()) for p in (ROOT / "deploy").rglob("*.sh"))
 
 
 def named_in(path: Path) -> set[str]:
