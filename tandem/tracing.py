@@ -92,6 +92,9 @@ class Span:
 
 
 NO_SPAN = Span(None)
+# Shared, reusable no-op blocks: what `span()` and `current()` return while tracing is off.
+_NO_SPAN_BLOCK: contextlib.AbstractContextManager[Span] = contextlib.nullcontext(NO_SPAN)
+_NO_BLOCK: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
 
 
 class Tracing:
@@ -126,7 +129,6 @@ class Tracing:
         context = propagate.extract(carrier) if carrier is not None else None
         return Span(self._tracer.start_span(name, context=context, kind=_kind(kind), attributes=attributes))
 
-    @contextlib.contextmanager
     def span(
         self,
         name: str,
@@ -134,12 +136,22 @@ class Tracing:
         kind: str = "internal",
         carrier: Mapping[str, str] | None = None,
         attributes: Mapping[str, str | int | float | bool] | None = None,
-    ) -> Iterator[Span]:
+    ) -> contextlib.AbstractContextManager[Span]:
         """A span current for the block (spans started inside nest under it); an exception
-        leaving the block fails it."""
+        leaving the block fails it. Off, one shared no-op block: the request path builds
+        nothing per span."""
         if self._tracer is None:
-            yield NO_SPAN
-            return
+            return _NO_SPAN_BLOCK
+        return self._span_block(name, kind, carrier, attributes)
+
+    @contextlib.contextmanager
+    def _span_block(
+        self,
+        name: str,
+        kind: str,
+        carrier: Mapping[str, str] | None,
+        attributes: Mapping[str, str | int | float | bool] | None,
+    ) -> Iterator[Span]:
         span = self.start(name, kind=kind, carrier=carrier, attributes=attributes)
         with self.current(span):
             try:
@@ -150,15 +162,17 @@ class Tracing:
             finally:
                 span.end()
 
-    @contextlib.contextmanager
-    def current(self, span: Span) -> Iterator[None]:
+    def current(self, span: Span) -> contextlib.AbstractContextManager[None]:
         """Makes a `start()`ed span current for the block (without ending it)."""
         if span._span is None:
-            yield
-            return
+            return _NO_BLOCK
+        return self._current_block(span._span)
+
+    @contextlib.contextmanager
+    def _current_block(self, otel_span: OtelSpan) -> Iterator[None]:
         from opentelemetry import context, trace
 
-        token = context.attach(trace.set_span_in_context(span._span))
+        token = context.attach(trace.set_span_in_context(otel_span))
         try:
             yield
         finally:

@@ -9,6 +9,7 @@ import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -21,13 +22,39 @@ from gateway.config import Redis as RedisConfig
 from gateway.server import GatewayServer
 from gateway.state import RedisState, StateHealth, Tenant
 from gateway.state.tenants import RedisTenants
-from simulators.vllm import VllmSimulator
+from simulators.vllm import VllmModel, VllmSimConfig, VllmSimulator
 from tandem.metrics import Metrics
 from tests.gateway import conftest as gateway_tests
-from tests.gateway.conftest import gateway_config
+from tests.gateway.conftest import CONTEXT, SERVED, gateway_config
 
 engines = gateway_tests.engines  # the fixture: two vLLM simulators
 pytest_asyncio_loop_factories = gateway_tests.pytest_asyncio_loop_factories
+
+
+@asynccontextmanager
+async def paced_engines(output_tokens: int, tokens_per_second: float) -> AsyncIterator[list[VllmSimulator]]:
+    """Two vLLM simulators answering `output_tokens` at `tokens_per_second`, no reasoning: a
+    line holds an engine slot for a known time."""
+    sims = [
+        VllmSimulator(
+            VllmSimConfig(
+                models=[VllmModel(name=SERVED, max_model_len=CONTEXT)],
+                seed=i,
+                output_tokens=output_tokens,
+                reasoning_tokens=0,
+                tokens_per_second=tokens_per_second,
+            )
+        )
+        for i in range(2)
+    ]
+    for sim in sims:
+        await sim.start()
+    try:
+        yield sims
+    finally:
+        for sim in sims:
+            await sim.stop()
+
 
 REDIS_URL = os.environ.get("TANDEM_TEST_REDIS", "redis://127.0.0.1:6379")
 

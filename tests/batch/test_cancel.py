@@ -11,32 +11,16 @@ import pytest
 
 from gateway.batch.ops_source import ActiveBatches
 from gateway.state.tenants import RedisTenants
-from simulators.vllm import VllmModel, VllmSimConfig, VllmSimulator
-from tests.batch.conftest import StartGateway, jsonl, new_key, request_line, sdk, until
+from simulators.vllm import VllmSimulator
+from tests.batch.conftest import StartGateway, jsonl, new_key, paced_engines, request_line, sdk, until
 from tests.batch.test_api import wait_done
-from tests.gateway.conftest import CONTEXT, SERVED
 
 
 @pytest.fixture
 async def engines() -> AsyncIterator[list[VllmSimulator]]:
     """Two engines answering 10 tokens at 40 tokens/s: a line takes about a quarter second."""
-    sims = [
-        VllmSimulator(
-            VllmSimConfig(
-                models=[VllmModel(name=SERVED, max_model_len=CONTEXT)],
-                seed=i,
-                output_tokens=10,
-                reasoning_tokens=0,
-                tokens_per_second=40,
-            )
-        )
-        for i in range(2)
-    ]
-    for sim in sims:
-        await sim.start()
-    yield sims
-    for sim in sims:
-        await sim.stop()
+    async with paced_engines(output_tokens=10, tokens_per_second=40) as sims:
+        yield sims
 
 
 async def test_a_cancelled_batch_stops_and_keeps_what_completed(

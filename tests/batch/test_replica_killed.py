@@ -18,8 +18,8 @@ import redis.asyncio as aioredis
 import yaml
 
 from gateway.state.tenants import RedisTenants
-from simulators.vllm import VllmModel, VllmSimConfig, VllmSimulator
-from tests.batch.conftest import REDIS_URL, jsonl, new_key, redis_section, request_line
+from simulators.vllm import VllmSimulator
+from tests.batch.conftest import REDIS_URL, jsonl, new_key, paced_engines, redis_section, request_line
 from tests.gateway.conftest import CONTEXT, SERVED
 from tests.gateway.test_drain import free_port, wait_ready
 
@@ -30,23 +30,8 @@ LINES = 120
 @pytest.fixture
 async def engines() -> AsyncIterator[list[VllmSimulator]]:
     """Two engines answering 8 tokens at 40 tokens/s (a line takes about 0.2 s)."""
-    sims = [
-        VllmSimulator(
-            VllmSimConfig(
-                models=[VllmModel(name=SERVED, max_model_len=CONTEXT)],
-                seed=i,
-                output_tokens=8,
-                reasoning_tokens=0,
-                tokens_per_second=40,
-            )
-        )
-        for i in range(2)
-    ]
-    for sim in sims:
-        await sim.start()
-    yield sims
-    for sim in sims:
-        await sim.stop()
+    async with paced_engines(output_tokens=8, tokens_per_second=40) as sims:
+        yield sims
 
 
 async def start_replica(

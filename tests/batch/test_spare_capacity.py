@@ -12,10 +12,9 @@ import pytest
 
 from gateway.server import GatewayServer
 from gateway.state.tenants import RedisTenants
-from simulators.vllm import VllmModel, VllmSimConfig, VllmSimulator
-from tests.batch.conftest import StartGateway, jsonl, new_key, request_line, sdk, until
+from simulators.vllm import VllmSimulator
+from tests.batch.conftest import StartGateway, jsonl, new_key, paced_engines, request_line, sdk, until
 from tests.batch.test_api import wait_done
-from tests.gateway.conftest import CONTEXT, SERVED
 
 # gateway_config gives each of the two endpoints max_concurrency 32: the pool's capacity is 64.
 CAPACITY = 64
@@ -24,23 +23,8 @@ CAPACITY = 64
 @pytest.fixture
 async def engines() -> AsyncIterator[list[VllmSimulator]]:
     """Two engines answering 10 tokens at 20 tokens/s: a request takes about half a second."""
-    sims = [
-        VllmSimulator(
-            VllmSimConfig(
-                models=[VllmModel(name=SERVED, max_model_len=CONTEXT)],
-                seed=i,
-                output_tokens=10,
-                reasoning_tokens=0,
-                tokens_per_second=20,
-            )
-        )
-        for i in range(2)
-    ]
-    for sim in sims:
-        await sim.start()
-    yield sims
-    for sim in sims:
-        await sim.stop()
+    async with paced_engines(output_tokens=10, tokens_per_second=20) as sims:
+        yield sims
 
 
 async def submit(gateway: GatewayServer, key: str, n: int) -> str:
