@@ -12,28 +12,23 @@ value in a `tandem_route` field, which Ollama's clients ignore. Errors are Ollam
 from __future__ import annotations
 
 import functools
-import time
 
 import orjson
 from aiohttp import web
 
 from edge_agent import local_api
+from edge_agent.answer import Parsed, answer
 from edge_agent.service import SERVICE_KEY, EdgeService, EdgeStream
 from tandem.chat import Chunk, Usage
 from tandem.errors import TandemError
 from tandem.http_io import (
-    BODY_LIMITS,
     StreamFormat,
     json_response,
-    read_body,
-    request_id,
-    traced,
-    write_stream,
 )
-from tandem.logs import bind_request, get_logger
+from tandem.logs import get_logger
 from tandem.version import tandem_version
 from tandem.wire import ollama as wire
-from tandem.wire.openai import MODE_HEADER, ROUTE_HEADER
+from tandem.wire.openai import MODE_HEADER
 
 log = get_logger("tandem.edge.ollama")
 
@@ -54,49 +49,18 @@ async def generate(request: web.Request) -> web.StreamResponse:
 
 
 async def _answer(request: web.Request, *, chat: bool) -> web.StreamResponse:
-    service = request.app[SERVICE_KEY]
-    handle = functools.partial(_answer_traced, request, service, chat=chat)
-    return await traced(service.tracing, "edge.request", FACE, request, handle)
+    return await answer(request, FACE, functools.partial(_parse, chat=chat), error_response, log)
 
 
-async def _answer_traced(request: web.Request, service: EdgeService, *, chat: bool) -> web.StreamResponse:
-    rid = request_id(request)
-    bind_request(rid)
-    started = time.perf_counter()
-    headers = {"x-request-id": rid}
-    gen = None
-    try:
-        body = await read_body(request, request.app[BODY_LIMITS])
-        mode_header = request.headers.get(MODE_HEADER)
-        call = (wire.parse_chat_call if chat else wire.parse_generate_call)(body, mode_header=mode_header)
-        if isinstance(call, wire.Residency):
-            answer = await local_api.residency(request, call, chat=chat)
-            answer.headers.update(headers)
-            return answer
-        if isinstance(call, wire.GenerateRequest):
-            gen = call
-            req = gen.chat
-        else:
-            req = call
-        req.request_id = rid
-        enc = wire.NdjsonEncoder(req.model, chat=chat)
-        if not req.stream:
-            result = await service.complete(req, generate=gen)
-            headers[ROUTE_HEADER] = result.route.header()
-            service.count(FACE, result.route, "200", started)
-            return json_response(enc.whole(result), headers=headers)
-        stream = await service.stream(req, generate=gen)
-    except TandemError as err:
-        code = wire.error_status(err)
-        log.info("request_refused", status=code, error=err.message)
-        service.count(FACE, None, str(code))
-        return error_response(err, headers)
-    headers[ROUTE_HEADER] = stream.decision.header()
-    resp, status = await write_stream(
-        request, stream, _format(enc, stream), headers, keepalive_s=service.config.listen.heartbeat_seconds
-    )
-    service.count(FACE, stream.decision, status, started)
-    return resp
+async def _parse(request: web.Request, body: bytes, rid: str, *, chat: bool) -> Parsed | web.StreamResponse:
+    mode_header = request.headers.get(MODE_HEADER)
+    call = (wire.parse_chat_call if chat else wire.parse_generate_call)(body, mode_header=mode_header)
+    if isinstance(call, wire.Residency):  # a load or unload: answered here, not run
+        return await local_api.residency(request, call, chat=chat)
+    gen = call if isinstance(call, wire.GenerateRequest) else None
+    req = call.chat if isinstance(call, wire.GenerateRequest) else call
+    enc = wire.NdjsonEncoder(req.model, chat=chat)
+    return Parsed(req, enc.whole, functools.partial(_format, enc), generate=gen)
 
 
 def _format(enc: wire.NdjsonEncoder, stream: EdgeStream) -> StreamFormat:

@@ -9,25 +9,20 @@ Every answer carries `x-tandem-route`; errors are OpenAI error bodies with the s
 
 from __future__ import annotations
 
-import functools
 import time
 
 import orjson
 from aiohttp import web
 
-from edge_agent.service import SERVICE_KEY, EdgeService
+from edge_agent.answer import Parsed, answer
+from edge_agent.service import SERVICE_KEY, EdgeStream
 from tandem.errors import TandemError
 from tandem.http_io import (
-    BODY_LIMITS,
     StreamFormat,
     json_response,
     openai_stream_format,
-    read_body,
-    request_id,
-    traced,
-    write_stream,
 )
-from tandem.logs import bind_request, get_logger
+from tandem.logs import get_logger
 from tandem.wire import completions
 from tandem.wire import openai as wire
 
@@ -42,78 +37,39 @@ def error_response(err: TandemError, headers: dict[str, str] | None = None) -> w
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    service = request.app[SERVICE_KEY]
-    handle = functools.partial(_chat_completions, request, service)
-    return await traced(service.tracing, "edge.request", FACE, request, handle)
+    return await answer(request, FACE, _parse_chat, error_response, log)
 
 
-async def _chat_completions(request: web.Request, service: EdgeService) -> web.StreamResponse:
-    rid = request_id(request)
-    bind_request(rid)
-    started = time.perf_counter()
-    headers = {"x-request-id": rid}
-    try:
-        body = await read_body(request, request.app[BODY_LIMITS])
-        req = wire.parse_request(body, mode_header=request.headers.get(wire.MODE_HEADER))
-        req.request_id = rid
-        if not req.stream:
-            result = await service.complete(req)
-            headers[wire.ROUTE_HEADER] = result.route.header()
-            service.count(FACE, result.route, "200", started)
-            return json_response(wire.completion_body(result), headers=headers)
-        stream = await service.stream(req)
-    except TandemError as err:
-        code = wire.error_status(err)
-        log.info("request_refused", status=code, error=err.message)
-        service.count(FACE, None, str(code))
-        return error_response(err, headers)
-    headers[wire.ROUTE_HEADER] = stream.decision.header()
-    fmt = openai_stream_format(stream.id, stream.model, stream.created, include_usage=req.include_usage)
-    resp, status = await write_stream(
-        request, stream, fmt, headers, keepalive_s=service.config.listen.heartbeat_seconds
-    )
-    service.count(FACE, stream.decision, status, started)
-    return resp
+async def _parse_chat(request: web.Request, body: bytes, rid: str) -> Parsed:
+    req = wire.parse_request(body, mode_header=request.headers.get(wire.MODE_HEADER))
+
+    def stream_format(stream: EdgeStream) -> StreamFormat:
+        return openai_stream_format(stream.id, stream.model, stream.created, include_usage=req.include_usage)
+
+    return Parsed(req, wire.completion_body, stream_format)
 
 
 async def text_completions(request: web.Request) -> web.StreamResponse:
     """`/v1/completions`: routed like an Ollama `/api/generate` of the same prompt."""
-    service = request.app[SERVICE_KEY]
-    rid = request_id(request)
-    bind_request(rid)
-    started = time.perf_counter()
-    headers = {"x-request-id": rid}
-    try:
-        body = await read_body(request, request.app[BODY_LIMITS])
-        gen = completions.parse_completion(body, mode_header=request.headers.get(wire.MODE_HEADER))
-        req = gen.chat
-        req.request_id = rid
-        enc = completions.CompletionEncoder(f"cmpl-{rid}", req.model, int(time.time()))
-        if not req.stream:
-            result = await service.complete(req, generate=gen)
-            headers[wire.ROUTE_HEADER] = result.route.header()
-            service.count(FACE, result.route, "200", started)
-            return json_response(enc.whole(result), headers=headers)
-        stream = await service.stream(req, generate=gen)
-    except TandemError as err:
-        code = wire.error_status(err)
-        log.info("request_refused", status=code, error=err.message)
-        service.count(FACE, None, str(code))
-        return error_response(err, headers)
-    headers[wire.ROUTE_HEADER] = stream.decision.header()
-    fmt = StreamFormat(
-        content_type="text/event-stream",
-        opening=b"",
-        batch=lambda batch: enc.batch(batch, include_usage=req.include_usage),
-        closing=lambda: wire.DONE,
-        error=wire.error_event,
-        keepalive=wire.HEARTBEAT,
-    )
-    resp, status = await write_stream(
-        request, stream, fmt, headers, keepalive_s=service.config.listen.heartbeat_seconds
-    )
-    service.count(FACE, stream.decision, status, started)
-    return resp
+    return await answer(request, FACE, _parse_text, error_response, log)
+
+
+async def _parse_text(request: web.Request, body: bytes, rid: str) -> Parsed:
+    gen = completions.parse_completion(body, mode_header=request.headers.get(wire.MODE_HEADER))
+    req = gen.chat
+    enc = completions.CompletionEncoder(f"cmpl-{rid}", req.model, int(time.time()))
+
+    def stream_format(stream: EdgeStream) -> StreamFormat:
+        return StreamFormat(
+            content_type="text/event-stream",
+            opening=b"",
+            batch=lambda batch: enc.batch(batch, include_usage=req.include_usage),
+            closing=lambda: wire.DONE,
+            error=wire.error_event,
+            keepalive=wire.HEARTBEAT,
+        )
+
+    return Parsed(req, enc.whole, stream_format, generate=gen)
 
 
 async def list_models(request: web.Request) -> web.Response:
