@@ -120,11 +120,13 @@ def start_gateway(
     *,
     cpus: frozenset[int] | None = None,
     timeout: float = 180.0,
+    sections: Mapping[str, object] | None = None,
 ) -> Proc:
-    """`tandem gateway serve` over `pools`; returns once `/readyz` answers 200."""
+    """`tandem gateway serve` over `pools` (with config `sections` besides the benchmark's own);
+    returns once `/readyz` answers 200."""
     http_port, grpc_port = free_port(), free_port()
     config = logs / f"{name}.yaml"
-    config.write_text(yaml.safe_dump(gateway_config(pools, http_port, grpc_port)))
+    config.write_text(yaml.safe_dump({**gateway_config(pools, http_port, grpc_port), **(sections or {})}))
     spawned = time.monotonic()
     proc = procs.add(spawn(name, [TANDEM, "gateway", "serve", "--config", str(config)], logs, cpus=cpus))
     proc.url = f"http://127.0.0.1:{http_port}"

@@ -175,6 +175,16 @@ class Router(Section):
     timeout_seconds: float = Field(600.0, gt=0)
 
 
+class Streaming(Section):
+    """How streamed answers are passed on (both faces; docs/gateway.md, "Streaming")."""
+
+    # Tokens that arrive within this long of the last message sent go on together in the next
+    # one: an engine writes every token on its own, and every message costs a send and a
+    # wake-up at each hop (most on gRPC). The first token and the end are never held; 0 sends
+    # each engine read as it comes.
+    coalesce_ms: float = Field(50.0, ge=0, le=1000)
+
+
 class Limits(Section):
     max_in_flight: int = Field(1024, ge=1, description="upstream requests in flight, all pools together")
     retry_after_seconds: float = Field(1.0, ge=0)
@@ -308,6 +318,7 @@ class GatewayConfig(Section):
     router: Router = Router()
     http_client: HttpClient = HttpClient()  # outbound HTTP to the engines: proxies, idle connections
     limits: Limits = Limits()
+    streaming: Streaming = Streaming()
     redis: Redis = Redis()
     auth: Auth = Auth()
     fleet: Fleet = Fleet()

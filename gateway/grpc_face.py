@@ -30,7 +30,7 @@ from gateway.fleet import EdgeStatus, FleetStore, ServedModel
 from gateway.grpc_interceptors import current_call, interceptors
 from gateway.pool.elastic import PoolState, PoolStates, Readiness
 from gateway.service import GatewayService
-from tandem.chat import Chunk, Usage
+from tandem.chat import Chunk, Usage, assemble
 from tandem.errors import PermissionDenied
 from tandem.tracing import NO_SPAN, Span
 from tandem.v1 import gateway_pb2 as pb
@@ -175,19 +175,11 @@ def _pool_to_pb(p: PoolState) -> pb.PoolState:
 
 
 def _merge(batch: list[Chunk]) -> Chunk:
-    """One chunk for a batch of engine events read together: fewer, larger gRPC messages."""
+    """One chunk for a batch of engine events read or held together: fewer, larger gRPC
+    messages. A tool call's pieces join into one delta per call (`assemble`)."""
     if len(batch) == 1:
         return batch[0]
-    out = Chunk()
-    content, reasoning = [], []
-    for c in batch:
-        content.append(c.content)
-        reasoning.append(c.reasoning)
-        out.tool_calls.extend(c.tool_calls)
-        out.finish_reason = c.finish_reason or out.finish_reason
-        out.usage = c.usage or out.usage
-    out.content = "".join(content)
-    out.reasoning = "".join(reasoning)
+    out = assemble(batch)
     out.final = batch[-1].final
     return out
 

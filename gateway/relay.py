@@ -2,10 +2,11 @@
 
 One POST per attempt, over the process's `Transport` (`tandem/transport.py`: kept-alive
 connections, proxies, each endpoint's TLS). Stream events are parsed with orjson
-into `Chunk`s as they arrive; a burst of events read in one wake-up is parsed in one pass, and
-nothing is held back waiting for more. Whether to retry a failed attempt elsewhere is the
-application's call (`gateway/service.py`); this module only says what failed and whether the
-failure happened before anything was received.
+into `Chunk`s as they arrive; a burst of events read in one wake-up is parsed in one pass. The
+first batch goes on at once; after it, the body may gather for a few tens of milliseconds so
+that tokens an engine writes one by one travel on together (`stream_chunks`). Whether to retry a
+failed attempt elsewhere is the application's call (`gateway/service.py`); this module only
+says what failed and whether the failure happened before anything was received.
 """
 
 from __future__ import annotations
@@ -235,55 +236,82 @@ def _event_chunk(event: dict[str, Any]) -> Chunk | None:
     return chunk
 
 
-async def stream_chunks(resp: Response) -> AsyncGenerator[list[Chunk], None]:
+class _Events:
+    """An SSE stream's events parsed into `Chunk`s across reads (an event may span two)."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self.done = False  # `[DONE]` was read
+        self.finished = False  # a finish_reason was read
+
+    def feed(self, data: bytes) -> list[Chunk]:
+        self._buffer += data
+        *events, self._buffer = self._buffer.split(b"\n\n")
+        batch: list[Chunk] = []
+        for event in events:
+            for line in event.split(b"\n"):
+                if not line.startswith(b"data:"):
+                    continue  # comments and other SSE fields
+                payload = line[5:].strip()
+                if payload == b"[DONE]":
+                    self.done = True
+                    return batch
+                try:
+                    parsed = orjson.loads(payload)
+                except orjson.JSONDecodeError:
+                    raise StreamBroken("the engine sent an event that is not JSON") from None
+                chunk = _event_chunk(parsed)
+                if chunk is not None:
+                    self.finished = self.finished or chunk.finish_reason is not None
+                    batch.append(chunk)
+        return batch
+
+
+async def _read(resp: Response, *, received: bool) -> bytes:
+    try:
+        data = await resp.readany()
+    except (Unreachable, TimeoutError) as exc:
+        failure = f"connection to the engine failed: {type(exc).__name__}"
+        raise StreamBroken(failure, empty=not received) from None
+    if not data:
+        raise StreamBroken("the engine closed the stream before [DONE]", empty=not received)
+    return data
+
+
+async def stream_chunks(resp: Response, *, coalesce_s: float = 0.0) -> AsyncGenerator[list[Chunk], None]:
     """Yields the chunks of an SSE stream, one list per network read, until `[DONE]`.
+
+    With `coalesce_s`, the body gathers unread for that long after each batch (or until it has
+    all arrived, if sooner), and what gathered is the next batch. A real engine writes every
+    token on its own; without a hold, each one costs a wake-up here and a message, with its
+    send and wake-ups, at every hop after this one (gRPC's cost most). At 40 tokens/s, 50 ms
+    carries two tokens per batch. No token waits longer than the hold; the first batch is never
+    held, and the end of the answer goes at once.
 
     Raises `StreamBroken` when the engine sends an error event, the connection drops, nothing
     arrives for the read timeout given to `Relay.open`, or `[DONE]` comes without any
     finish_reason before it: an engine that cuts a stream short (llama-cpp-python's server
     ends a running stream with `[DONE]` when another request arrives) has not answered.
     """
-    buffer = b""
-    done = False
-    finished = False
+    events = _Events()
     received = False
     try:
-        while not done:
-            try:
-                data = await resp.readany()
-            except (Unreachable, TimeoutError) as exc:
-                raise StreamBroken(
-                    f"connection to the engine failed: {type(exc).__name__}", empty=not received
-                ) from None
-            if not data:
-                raise StreamBroken("the engine closed the stream before [DONE]", empty=not received)
+        while True:
+            data = await _read(resp, received=received)
             received = True
-            buffer += data
-            *events, buffer = buffer.split(b"\n\n")
-            batch: list[Chunk] = []
-            for event in events:
-                for line in event.split(b"\n"):
-                    if not line.startswith(b"data:"):
-                        continue  # comments and other SSE fields
-                    payload = line[5:].strip()
-                    if payload == b"[DONE]":
-                        done = True
-                        break
-                    try:
-                        parsed = orjson.loads(payload)
-                    except orjson.JSONDecodeError:
-                        raise StreamBroken("the engine sent an event that is not JSON") from None
-                    chunk = _event_chunk(parsed)
-                    if chunk is not None:
-                        finished = finished or chunk.finish_reason is not None
-                        batch.append(chunk)
-            if done and not finished:
-                raise StreamBroken("the engine ended the stream without a finish_reason")
-            if done:
+            batch = events.feed(data)
+            if events.done:
+                if not events.finished:
+                    raise StreamBroken("the engine ended the stream without a finish_reason")
                 await resp.drain()  # the chunked body's end: the connection goes back to the pool
+                if batch:
+                    batch[-1].final = True
+                    yield batch
+                return
             if batch:
-                batch[-1].final = done
                 yield batch
+                if coalesce_s:
+                    await resp.gather_until(asyncio.get_running_loop().time() + coalesce_s)
     finally:
         resp.release()
 

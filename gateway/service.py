@@ -509,7 +509,7 @@ class GatewayService:
                         total_timeout=router.timeout_seconds,
                         headers=trace_headers,
                     )
-                    rest = stream_chunks(resp)
+                    rest = stream_chunks(resp, coalesce_s=self.config.streaming.coalesce_ms / 1000)
                     try:
                         deadline = router.first_token_timeout_seconds
                         first = await first_batch(rest, deadline)

@@ -100,12 +100,34 @@ class Response:
     """An answer whose status and headers have arrived; the body is read with `read`,
     `readany` or `drain`. The caller must end it with `drain()`, `release()` or `close()`."""
 
-    __slots__ = ("_resp", "headers", "status")
+    __slots__ = ("_ended", "_resp", "headers", "status")
 
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         self._resp = resp
         self.status: int = resp.status
         self.headers: CIMultiDictProxy[str] = resp.headers
+        self._ended: asyncio.Future[None] | None = None  # what `gather_until` waits on
+
+    async def gather_until(self, when: float) -> None:
+        """Lets the body gather, unread, until loop time `when`, or until all of it has arrived
+        if that is sooner. Bytes that arrive meanwhile only join the reader's buffer: no task
+        wakes for them, and the next `readany` takes them in one go."""
+        content = self._resp.content
+        if content.is_eof():
+            return
+        loop = asyncio.get_running_loop()
+        if self._ended is None:
+            content.on_eof(self._body_ended)
+        self._ended = ended = loop.create_future()
+        timer = loop.call_at(when, _wake, ended)
+        try:
+            await ended
+        finally:
+            timer.cancel()
+
+    def _body_ended(self) -> None:
+        if self._ended is not None:
+            _wake(self._ended)
 
     async def readany(self) -> bytes:
         """The body bytes that have arrived (waiting for some); b"" at the end of the body."""
@@ -147,6 +169,11 @@ class Response:
     def close(self) -> None:
         """Ends the exchange and closes its connection."""
         self._resp.close()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class Transport:
