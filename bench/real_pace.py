@@ -1,6 +1,6 @@
 """CPU per token at a real engine's pace: one token per write, 20-50 tokens/s per stream.
 
-    python -m bench.real_pace [--repeats 3] [--rate 40] [--tokens 32] [--coalesce-ms 0 50] [--quick] [--pin]
+    python -m bench.real_pace [--repeats 3] [--rate 40] [--tokens 32] [--coalesce-ms 0 50 100] [--quick]
 
 A real engine (vLLM decoding, llama.cpp) sends each token in a write of its own as it is
 decoded; the serving benchmark's burst figures (a whole answer per write) say little about
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--tokens", type=int, default=32, help="tokens per stream")
     parser.add_argument(
-        "--coalesce-ms", type=float, nargs="+", default=[0.0, 50.0],
+        "--coalesce-ms", type=float, nargs="+", default=[0.0, 50.0, 100.0],
         help="the gateway's streaming.coalesce_ms: one gateway and edge per value",
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="short phases, 1 repeat: a smoke run")

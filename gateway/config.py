@@ -182,7 +182,7 @@ class Streaming(Section):
     # one: an engine writes every token on its own, and every message costs a send and a
     # wake-up at each hop (most on gRPC). The first token and the end are never held; 0 sends
     # each engine read as it comes.
-    coalesce_ms: float = Field(50.0, ge=0, le=1000)
+    coalesce_ms: float = Field(100.0, ge=0, le=1000)
 
 
 class Limits(Section):

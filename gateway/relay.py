@@ -284,8 +284,8 @@ async def stream_chunks(resp: Response, *, coalesce_s: float = 0.0) -> AsyncGene
     With `coalesce_s`, the body gathers unread for that long after each batch (or until it has
     all arrived, if sooner), and what gathered is the next batch. A real engine writes every
     token on its own; without a hold, each one costs a wake-up here and a message, with its
-    send and wake-ups, at every hop after this one (gRPC's cost most). At 40 tokens/s, 50 ms
-    carries two tokens per batch. No token waits longer than the hold; the first batch is never
+    send and wake-ups, at every hop after this one (gRPC's cost most). At 40 tokens/s, 100 ms
+    carries four tokens per batch. No token waits longer than the hold; the first batch is never
     held, and the end of the answer goes at once.
 
     Raises `StreamBroken` when the engine sends an error event, the connection drops, nothing
