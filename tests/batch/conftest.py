@@ -79,7 +79,9 @@ async def prefix() -> AsyncIterator[str]:
 
 
 def redis_section(prefix: str) -> dict[str, Any]:
-    return {"url": REDIS_URL, "key_prefix": prefix, "probe_seconds": 0.1}
+    # Redis never leaves in these tests: a command may take longer than production's 0.25 s on
+    # a loaded 2-core machine (the whole suite at once) without the state going degraded.
+    return {"url": REDIS_URL, "key_prefix": prefix, "probe_seconds": 0.1, "timeout_seconds": 2.0}
 
 
 @pytest.fixture
