@@ -73,8 +73,9 @@ async def _run(
     try:
         body = await read_body(request, request.app[BODY_LIMITS])
         parsed = await parse(request, body, rid)
-        if isinstance(parsed, web.StreamResponse):
+        if isinstance(parsed, web.StreamResponse):  # a load or unload, answered in parsing
             parsed.headers.update(headers)
+            service.count(face, None, str(parsed.status))
             return parsed
         req = parsed.req
         req.request_id = rid

@@ -15,6 +15,9 @@ by the edge agent from the local Ollama or from what the edge knows:
   `/api/blobs/...`): refused with 403. The fleet owns model versions: `tandem model push`
   publishes one, `tandem model rollout` places it (docs/model-distribution.md).
 
+What is passed to the local Ollama is in flight for the edge's drain (refused once it drains),
+and embeddings, loads and unloads are counted in `tandem_edge_requests` with no route.
+
 Errors are raised as Tandem errors; the server's middleware answers them in the shape of the
 face the path belongs to (Ollama's `{"error": ...}` under `/api/`, OpenAI's otherwise).
 """
@@ -22,7 +25,9 @@ face the path belongs to (Ollama's `{"error": ...}` under `/api/`, OpenAI's othe
 from __future__ import annotations
 
 import base64
+import functools
 import struct
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -43,6 +48,7 @@ from tandem.http_io import BODY_LIMITS, json_response, read_body
 from tandem.logs import get_logger
 from tandem.v1 import gateway_pb2 as pb
 from tandem.wire import ollama as ollama_wire
+from tandem.wire import openai as openai_wire
 
 log = get_logger("tandem.edge.local_api")
 
@@ -136,6 +142,33 @@ async def _cloud_model(service: EdgeService, name: str) -> pb.ModelInfo | None:
 # --- embeddings ---------------------------------------------------------------------------------
 
 
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def _counted(face: str) -> Callable[[Handler], Handler]:
+    """Counts each call in `tandem_edge_requests{face=...}` with its status (no route: the
+    local Ollama answers it as it is), refusals included."""
+
+    def wrap(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def counted(request: web.Request) -> web.Response:
+            status = 500
+            try:
+                resp = await handler(request)
+                status = resp.status
+                return resp
+            except TandemError as err:
+                status = openai_wire.error_status(err)
+                raise
+            finally:
+                request.app[SERVICE_KEY].count(face, None, str(status))
+
+        return counted
+
+    return wrap
+
+
+@_counted("ollama_embed")
 async def embed(request: web.Request) -> web.Response:
     """`/api/embed` and `/api/embeddings`, passed to the local Ollama under the edge's settings."""
     service = request.app[SERVICE_KEY]
@@ -151,6 +184,7 @@ async def embed(request: web.Request) -> web.Response:
     return json_response(raw, status)
 
 
+@_counted("openai_embeddings")
 async def openai_embeddings(request: web.Request) -> web.Response:
     """`/v1/embeddings`: the local Ollama's `/api/embed` (under the edge's settings), in
     OpenAI's shape. `encoding_format: "base64"` (the openai SDK's default) is little-endian
@@ -280,10 +314,11 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 async def _exchange(
     service: EdgeService, method: str, path: str, body: dict[str, Any], *, runs_model: bool = True
 ) -> tuple[int, bytes]:
-    """A call to the local Ollama (by default one that runs a model); its refusals are
-    returned as it gave them, for the caller to pass on."""
+    """A call to the local Ollama (by default one that runs a model), in flight for the edge's
+    drain; its refusals are returned as it gave them, for the caller to pass on."""
     try:
-        return await service.local.exchange(method, path, body, runs_model=runs_model)
+        with service.passing_through():
+            return await service.local.exchange(method, path, body, runs_model=runs_model)
     except LocalUnavailable as exc:
         raise UpstreamUnavailable(str(exc), retry_after=service.config.ollama.refresh_seconds) from None
 

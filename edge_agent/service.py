@@ -403,6 +403,18 @@ class EdgeService:
 
     # --- in flight and draining ----------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def passing_through(self) -> Iterator[None]:
+        """A call handed to the local Ollama as it is (embeddings, load, unload, a model's
+        details): refused while draining, and in flight (waited for at drain) until it ends."""
+        if self.draining:
+            raise UpstreamUnavailable("the edge agent is shutting down", retry_after=1)
+        self._enter()
+        try:
+            yield
+        finally:
+            self._leave()
+
     def _enter(self) -> None:
         self._in_flight += 1
         self._idle.clear()

@@ -27,7 +27,8 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             f"{prefix}_requests",
-            "Chat requests answered, by face, route and outcome",
+            "Requests answered, by face, route and outcome (chat; at the edge also the calls passed "
+            "to the local Ollama, with no route)",
             ["face", "target", "mode", "reason", "status"],
             registry=r,
         )

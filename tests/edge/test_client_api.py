@@ -6,6 +6,7 @@ the official `ollama` and `openai` clients against a real edge in front of the s
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -134,6 +135,30 @@ async def test_the_older_embeddings_api_passes_through(
     through = await ollama_client.embeddings(model=PLAIN, prompt="hi")
 
     assert len(through.embedding) == 5120 and list(through.embedding) == list(direct.embedding)
+
+
+async def test_a_passed_through_call_is_counted_and_waited_for_at_drain(
+    edge: EdgeServer,
+    local_ollama: OllamaSimulator,
+    ollama_client: ollama.AsyncClient,
+    http: httpx.AsyncClient,
+) -> None:
+    await warm(edge)
+    local_ollama.config.load_duration = 1.0  # PLAIN is not loaded: its embedding waits for it
+    call = asyncio.ensure_future(ollama_client.embed(model=PLAIN, input="hi"))
+    await until(lambda: edge.service.in_flight == 1)
+    drained = asyncio.ensure_future(edge.service.drain(30))
+    await asyncio.sleep(0.2)
+    assert not drained.done()  # the drain waits for the embedding
+
+    assert (await call).embeddings
+    assert await drained is True
+    refused = await http.post("/api/embed", json={"model": PLAIN, "input": "hi"})
+    assert refused.status_code == 503 and "shutting down" in refused.json()["error"]
+    metrics = (await http.get("/metrics")).text
+    for status in ("200", "503"):
+        labels = f'face="ollama_embed",mode="",reason="",status="{status}",target=""'
+        assert f"tandem_edge_requests_total{{{labels}}} 1.0" in metrics
 
 
 async def test_openai_embeddings_in_float_and_base64(
