@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -353,11 +354,13 @@ def resume_section(
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def on_disk() -> int:
-        return sum(
-            p.stat().st_size
-            for sub in ("blobs/sha256", "partial/sha256")
-            for p in (store.root / sub).iterdir()
-        )
+        size = 0
+        for sub in ("blobs/sha256", "partial/sha256"):
+            for p in (store.root / sub).iterdir():
+                # A finished part moves from partial/ to blobs/ between the listing and the stat.
+                with contextlib.suppress(FileNotFoundError):
+                    size += p.stat().st_size
+        return size
 
     while on_disk() < total // 2 and proc.poll() is None:
         time.sleep(0.005)

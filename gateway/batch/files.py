@@ -95,10 +95,12 @@ class FileStore:
             await asyncio.to_thread(_write_atomically, self._path(stored.id), data)
 
         async def call(r: Client) -> None:
+            order = await r.incr(self.keys.seq)
             pipe = r.pipeline(transaction=True)
             if self.directory is None:
                 pipe.set(self.keys.body(stored.id), data)
             pipe.hset(self.keys.file(stored.id), mapping=meta)
+            pipe.zadd(self.keys.files(tenant), {stored.id: order})
             await pipe.execute()
 
         await self.redis.run(call)
@@ -126,9 +128,61 @@ class FileStore:
             raise file_not_found(file_id)
         return data if isinstance(data, bytes) else data.encode()
 
+    async def page(
+        self, tenant: str, *, after: str | None, limit: int, newest_first: bool, purpose: str | None
+    ) -> tuple[list[StoredFile], bool]:
+        """The tenant's files in creation order (newest first, or oldest), after the file
+        `after`, of one `purpose` if given; and whether more follow."""
+        key = self.keys.files(tenant)
+        rank_of = "zrevrank" if newest_first else "zrank"
+        span = max(limit + 1, 100)  # ids read per round; a purpose filter may skip some
+
+        async def ids_from(start: int) -> list[str]:
+            async def call(r: Client) -> list[Any]:
+                read = r.zrevrange if newest_first else r.zrange
+                return list(await read(key, start, start + span - 1))
+
+            return [text(i) for i in await self.redis.run(call)]
+
+        start = 0
+        if after:
+            rank: Any = await self.redis.run(lambda r: getattr(r, rank_of)(key, after))
+            if rank is None:
+                raise file_not_found(after)
+            start = int(rank) + 1
+        found: list[StoredFile] = []
+        while len(found) <= limit:
+            ids = await ids_from(start)
+            if not ids:
+                break
+            start += len(ids)
+            for stored in await self._load(ids):
+                if purpose is None or stored.purpose == purpose:
+                    found.append(stored)
+        return found[:limit], len(found) > limit
+
+    async def _load(self, ids: list[str]) -> list[StoredFile]:
+        """The files of `ids` that still exist, in that order."""
+
+        async def call(r: Client) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            for file_id in ids:
+                pipe.hgetall(self.keys.file(file_id))
+            return list(await pipe.execute())
+
+        hashes = await self.redis.run(call)
+        return [StoredFile.from_hash(i, h) for i, h in zip(ids, hashes, strict=True) if h]
+
     async def delete(self, tenant: str, file_id: str) -> None:
         await self.get(tenant, file_id)
-        await self.redis.run(lambda r: r.delete(self.keys.file(file_id), self.keys.body(file_id)))
+
+        async def call(r: Client) -> None:
+            pipe = r.pipeline(transaction=True)
+            pipe.delete(self.keys.file(file_id), self.keys.body(file_id))
+            pipe.zrem(self.keys.files(tenant), file_id)
+            await pipe.execute()
+
+        await self.redis.run(call)
         if self.directory is not None:
             self._path(file_id).unlink(missing_ok=True)
 

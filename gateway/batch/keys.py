@@ -6,9 +6,10 @@ atomic.
 
     {p}{batch}:file:<id>         hash    tenant, filename, purpose, bytes, created_at, lines
     {p}{batch}:body:<id>         string  the file's bytes (absent with batch.files_dir)
+    {p}{batch}:files:<tenant>    zset    the tenant's file ids, by creation order (listing)
     {p}{batch}:job:<id>          hash    a batch record (see jobs.py)
     {p}{batch}:jobs:<tenant>     zset    the tenant's batch ids, by creation order (listing)
-    {p}{batch}:seq               string  the creation counter behind that order
+    {p}{batch}:seq               string  the creation counter behind both orders
     {p}{batch}:active            set     ids of batches not finished yet (every tenant)
     {p}{batch}:q:<id>:<pool>     stream  the lines of a batch for one pool; group `workers`
     {p}{batch}:res:<id>          hash    custom_id -> result (written once, HSETNX)
@@ -29,6 +30,9 @@ class Keys:
 
     def body(self, file_id: str) -> str:
         return f"{self.base}body:{file_id}"
+
+    def files(self, tenant: str) -> str:
+        return f"{self.base}files:{tenant}"
 
     def job(self, batch_id: str) -> str:
         return f"{self.base}job:{batch_id}"

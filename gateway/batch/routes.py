@@ -1,6 +1,7 @@
 """The Batch API on the gateway's HTTP face, as the official `openai` SDK calls it:
 
     POST   /v1/files                 multipart: purpose=batch, file=<JSONL>   files.create
+    GET    /v1/files?purpose=&limit=&order=&after=                            files.list
     GET    /v1/files/{id}                                                     files.retrieve
     GET    /v1/files/{id}/content                                             files.content
     DELETE /v1/files/{id}                                                     files.delete
@@ -24,6 +25,7 @@ import orjson
 from aiohttp import BodyPartReader, web
 
 from gateway.batch.batches import Batches, check_metadata, tenant_name
+from gateway.batch.files import PURPOSES
 from gateway.batch.lines import parse_lines
 from gateway.state.redis_conn import StateUnavailable
 from tandem.errors import BadRequest, PayloadTooLarge, UpstreamUnavailable
@@ -34,11 +36,13 @@ if TYPE_CHECKING:
 
 BATCHES_KEY = web.AppKey("batches", Batches)
 MAX_LIST = 100
+MAX_FILE_LIST = 10_000  # OpenAI's limit (and default) for GET /v1/files
 
 
 def add_routes(app: web.Application, batches: Batches) -> None:
     app[BATCHES_KEY] = batches
     app.router.add_post("/v1/files", _shared(create_file))
+    app.router.add_get("/v1/files", _shared(list_files))
     app.router.add_get("/v1/files/{file_id}", _shared(retrieve_file))
     app.router.add_get("/v1/files/{file_id}/content", _shared(file_content))
     app.router.add_delete("/v1/files/{file_id}", _shared(delete_file))
@@ -124,6 +128,27 @@ async def _read_part(part: BodyPartReader, limit: int, name: str) -> bytes:
     return bytes(out)
 
 
+async def list_files(request: web.Request) -> web.Response:
+    """The caller's files, newest first unless `order=asc`, as OpenAI lists them."""
+    batches, tenant = await _caller(request)
+    query = request.query
+    limit = _limit(query.get("limit", str(MAX_FILE_LIST)), MAX_FILE_LIST)
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise BadRequest(f"order must be 'asc' or 'desc', got {order!r}", param="order")
+    purpose = query.get("purpose") or None
+    if purpose is not None and purpose not in PURPOSES:
+        raise BadRequest(f"purpose must be one of {', '.join(PURPOSES)}, got {purpose!r}", param="purpose")
+    files, more = await batches.files.page(
+        tenant_name(tenant),
+        after=query.get("after"),
+        limit=limit,
+        newest_first=order == "desc",
+        purpose=purpose,
+    )
+    return _json(_page([f.to_openai() for f in files], more))
+
+
 async def retrieve_file(request: web.Request) -> web.Response:
     batches, tenant = await _caller(request)
     stored = await batches.files.get(tenant_name(tenant), request.match_info["file_id"])
@@ -176,22 +201,26 @@ async def retrieve_batch(request: web.Request) -> web.Response:
 
 async def list_batches(request: web.Request) -> web.Response:
     batches, tenant = await _caller(request)
-    raw_limit = request.query.get("limit", "20")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST:
-        raise BadRequest(
-            f"limit must be a whole number from 1 to {MAX_LIST}, got {raw_limit!r}", param="limit"
-        )
-    records, more = await batches.jobs.page(tenant_name(tenant), request.query.get("after"), int(raw_limit))
-    data = [r.to_openai() for r in records]
-    return _json(
-        {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": more,
-        }
-    )
+    limit = _limit(request.query.get("limit", "20"), MAX_LIST)
+    records, more = await batches.jobs.page(tenant_name(tenant), request.query.get("after"), limit)
+    return _json(_page([r.to_openai() for r in records], more))
+
+
+def _limit(raw: str, most: int) -> int:
+    if not raw.isdigit() or not 1 <= int(raw) <= most:
+        raise BadRequest(f"limit must be a whole number from 1 to {most}, got {raw!r}", param="limit")
+    return int(raw)
+
+
+def _page(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:
+    """One page of an OpenAI list (the SDK pages on with `after=last_id` while `has_more`)."""
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": more,
+    }
 
 
 async def cancel_batch(request: web.Request) -> web.Response:

@@ -171,6 +171,48 @@ async def test_batches_list_pages_newest_first(start_gateway: StartGateway, tena
         assert every == made[::-1]
 
 
+async def test_files_list_pages_the_callers_own_files_by_order_and_purpose(
+    start_gateway: StartGateway, tenants: RedisTenants
+) -> None:
+    gateway = await start_gateway()
+    acme, other = await new_key(tenants, "acme"), await new_key(tenants, "other")
+    async with sdk(gateway, other) as client:
+        theirs = await client.files.create(file=("theirs.jsonl", jsonl([request_line("x")])), purpose="batch")
+    async with sdk(gateway, acme) as client:
+        made = []
+        for i in range(3):
+            f = await client.files.create(
+                file=(f"in-{i}.jsonl", jsonl([request_line(f"l{i}")])), purpose="batch"
+            )
+            made.append(f.id)
+        batch = await client.batches.create(
+            input_file_id=made[0], endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        done = await wait_done(client, batch.id)
+        assert done.output_file_id is not None
+
+        every = [f.id async for f in client.files.list()]  # the SDK pages on by itself
+        assert every == [done.output_file_id, *made[::-1]]  # newest first; not the other tenant's
+        assert theirs.id not in every
+        first = await client.files.list(limit=2, order="asc")
+        assert [f.id for f in first.data] == made[:2] and first.has_more
+        rest = await client.files.list(limit=2, order="asc", after=made[1])
+        assert [f.id for f in rest.data] == [made[2], done.output_file_id] and not rest.has_more
+        inputs = await client.files.list(purpose="batch")
+        assert [f.id for f in inputs.data] == made[::-1]
+        outputs = await client.files.list(purpose="batch_output")
+        assert [(f.id, f.filename) for f in outputs.data] == [(done.output_file_id, outputs.data[0].filename)]
+
+        await client.files.delete(made[1])
+        assert [f.id async for f in client.files.list(purpose="batch")] == [made[2], made[0]]
+        with pytest.raises(openai.BadRequestError, match="limit must be a whole number"):
+            await client.files.list(limit=0)
+        with pytest.raises(openai.BadRequestError, match="order must be"):
+            await client.files.list(order="sideways")  # type: ignore[arg-type]
+        with pytest.raises(openai.NotFoundError):
+            await client.files.list(after=theirs.id)  # another tenant's file is no cursor here
+
+
 async def test_a_deleted_file_is_gone(start_gateway: StartGateway, tenants: RedisTenants) -> None:
     gateway = await start_gateway()
     key = await new_key(tenants, "acme")
