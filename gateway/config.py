@@ -291,6 +291,9 @@ class Batch(Section):
     # File bodies in Redis (none), or in this directory (shared by every replica, e.g. a volume).
     files_dir: Path | None = None
     max_active_batches: int = Field(16, ge=1, description="per tenant, not yet finished")
+    # Every file is deleted this long after it was stored, and a finished batch's record this
+    # long after it finished (OpenAI keeps batch files 30 days by default).
+    retention_days: float = Field(30.0, gt=0)
     # Spare capacity only: batch lines may use at most `share` of a pool's endpoint concurrency,
     # never its last `reserve_slots` free slots, and none while interactive requests fill
     # `backoff_at` of it (then not for `backoff_seconds` after).

@@ -51,8 +51,8 @@ class BatchSystem:
         keys = Keys(redis.prefix)
         batches = Batches(
             config,
-            FileStore(redis, keys, config.files_dir),
-            JobStore(redis, keys),
+            FileStore(redis, keys, config.files_dir, retention_s=config.retention_days * 86400),
+            JobStore(redis, keys, retention_s=config.retention_days * 86400),
             WorkQueue(redis, keys),
             gateway,
         )

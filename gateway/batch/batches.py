@@ -24,6 +24,7 @@ from gateway.batch.jobs import (
 from gateway.batch.lines import ENDPOINT, parse_lines
 from gateway.batch.queue import WorkQueue
 from gateway.config import Batch as BatchConfig
+from gateway.state.redis_conn import text
 from tandem.errors import BadRequest, NotFound, RateLimited, TandemError
 from tandem.logs import get_logger
 from tandem.wire import openai as wire
@@ -211,6 +212,23 @@ class Batches:
         await self.jobs.retire(batch_id)
         await self.queue.drop(batch_id, record.pools)
         log.info("batch_finished", batch=batch_id, status=final.value, completed=completed, failed=failed)
+
+    # --- retention ----------------------------------------------------------------------------
+
+    async def prune(self, now: float, most: int = 200) -> int:
+        """Deletes the files and finished batches whose retention had passed by `now` (at most
+        `most` of them; the sweep calls again); returns how many."""
+        expiry = self.jobs.keys.expiry
+        due = await self.jobs.redis.run(lambda r: r.zrangebyscore(expiry, "-inf", now, start=0, num=most))
+        for member in due:
+            kind, _, ident = text(member).partition(":")
+            if kind == "file":
+                await self.files.expire(ident)
+            elif kind == "job":
+                await self.jobs.expire(ident)
+        if due:
+            log.info("batch_retention_pruned", deleted=len(due))
+        return len(due)
 
 
 def _json_list(items: list[Any]) -> str:

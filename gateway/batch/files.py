@@ -38,6 +38,7 @@ class StoredFile:
     bytes: int
     created_at: int
     lines: int = 0
+    expires_at: int | None = None  # None: stored before retention existed, kept until deleted
 
     def to_openai(self) -> dict[str, Any]:
         return {
@@ -49,7 +50,7 @@ class StoredFile:
             "purpose": self.purpose,
             "status": "processed",
             "status_details": None,
-            "expires_at": None,
+            "expires_at": self.expires_at,
         }
 
     @classmethod
@@ -63,14 +64,18 @@ class StoredFile:
             bytes=int(f["bytes"]),
             created_at=int(f["created_at"]),
             lines=int(f.get("lines", 0)),
+            expires_at=int(f["expires_at"]) if f.get("expires_at") else None,
         )
 
 
 class FileStore:
-    def __init__(self, redis: RedisState, keys: Keys, directory: Path | None = None) -> None:
+    def __init__(
+        self, redis: RedisState, keys: Keys, directory: Path | None = None, *, retention_s: float
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.directory = directory
+        self.retention_s = retention_s
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
 
@@ -80,8 +85,10 @@ class FileStore:
         """Stores a file (its body first, then the metadata that makes it visible)."""
         if purpose not in PURPOSES:
             raise BadRequest(f"purpose must be 'batch', got {purpose!r}", param="purpose")
+        now = int(time.time())
+        expires_at = now + int(self.retention_s)
         stored = StoredFile(
-            file_id or new_file_id(), tenant, filename, purpose, len(data), int(time.time()), lines
+            file_id or new_file_id(), tenant, filename, purpose, len(data), now, lines, expires_at
         )
         meta: dict[Any, Any] = {
             "tenant": tenant,
@@ -90,6 +97,7 @@ class FileStore:
             "bytes": str(stored.bytes),
             "created_at": str(stored.created_at),
             "lines": str(lines),
+            "expires_at": str(expires_at),
         }
         if self.directory is not None:
             await asyncio.to_thread(_write_atomically, self._path(stored.id), data)
@@ -101,6 +109,7 @@ class FileStore:
                 pipe.set(self.keys.body(stored.id), data)
             pipe.hset(self.keys.file(stored.id), mapping=meta)
             pipe.zadd(self.keys.files(tenant), {stored.id: order})
+            pipe.zadd(self.keys.expiry, {f"file:{stored.id}": expires_at})
             await pipe.execute()
 
         await self.redis.run(call)
@@ -175,14 +184,25 @@ class FileStore:
 
     async def delete(self, tenant: str, file_id: str) -> None:
         await self.get(tenant, file_id)
+        await self._remove(tenant, file_id)
 
+    async def expire(self, file_id: str) -> None:
+        """Deletes a file whose retention has passed, whoever owns it (gone already: nothing)."""
+        h = await self.redis.run(lambda r: r.hgetall(self.keys.file(file_id)))
+        await self._remove(StoredFile.from_hash(file_id, h).tenant if h else None, file_id)
+
+    async def _remove(self, tenant: str | None, file_id: str) -> None:
         async def call(r: Client) -> None:
             pipe = r.pipeline(transaction=True)
             pipe.delete(self.keys.file(file_id), self.keys.body(file_id))
-            pipe.zrem(self.keys.files(tenant), file_id)
+            if tenant is not None:
+                pipe.zrem(self.keys.files(tenant), file_id)
+            pipe.zrem(self.keys.expiry, f"file:{file_id}")
             await pipe.execute()
 
         await self.redis.run(call)
+        if self.directory is not None:
+            self._path(file_id).unlink(missing_ok=True)
         if self.directory is not None:
             self._path(file_id).unlink(missing_ok=True)
 

@@ -168,9 +168,10 @@ def batch_not_found(batch_id: str) -> NotFound:
 class JobStore:
     """Batch records in Redis: create, read, list per tenant, move between statuses."""
 
-    def __init__(self, redis: RedisState, keys: Keys) -> None:
+    def __init__(self, redis: RedisState, keys: Keys, *, retention_s: float) -> None:
         self.redis = redis
         self.keys = keys
+        self.retention_s = retention_s
 
     async def create(self, record: BatchRecord) -> None:
         async def call(r: Client) -> None:
@@ -236,5 +237,28 @@ class JobStore:
         await self.redis.run(lambda r: r.hset(self.keys.job(batch_id), mapping=mapping))
 
     async def retire(self, batch_id: str) -> None:
-        """A finished batch leaves the active set (its record stays, for retrieve and list)."""
-        await self.redis.run(lambda r: r.srem(self.keys.active, batch_id))
+        """A finished batch leaves the active set; its record stays, for retrieve and list,
+        until its retention has passed (`expire`)."""
+        gone_at = int(time.time() + self.retention_s)
+
+        async def call(r: Client) -> None:
+            pipe = r.pipeline(transaction=True)
+            pipe.srem(self.keys.active, batch_id)
+            pipe.zadd(self.keys.expiry, {f"job:{batch_id}": gone_at})
+            await pipe.execute()
+
+        await self.redis.run(call)
+
+    async def expire(self, batch_id: str) -> None:
+        """Deletes a finished batch's record whose retention has passed."""
+        record = await self.load(batch_id)
+
+        async def call(r: Client) -> None:
+            pipe = r.pipeline(transaction=True)
+            pipe.delete(self.keys.job(batch_id))
+            if record is not None:
+                pipe.zrem(self.keys.jobs(record.tenant), batch_id)
+            pipe.zrem(self.keys.expiry, f"job:{batch_id}")
+            await pipe.execute()
+
+        await self.redis.run(call)

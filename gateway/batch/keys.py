@@ -14,6 +14,7 @@ atomic.
     {p}{batch}:q:<id>:<pool>     stream  the lines of a batch for one pool; group `workers`
     {p}{batch}:res:<id>          hash    custom_id -> result (written once, HSETNX)
     {p}{batch}:reporter          string  the replica that reports the backlog (a lease)
+    {p}{batch}:expiry            zset    file:<id> and job:<id> -> when they are deleted (retention)
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ class Keys:
 
     def results(self, batch_id: str) -> str:
         return f"{self.base}res:{batch_id}"
+
+    @property
+    def expiry(self) -> str:
+        return f"{self.base}expiry"
 
     @property
     def reporter(self) -> str:

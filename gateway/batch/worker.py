@@ -9,7 +9,8 @@ Three loops:
 - **renew**: this replica's claim on the lines it is running, so no one takes them over;
 - **sweep**: batches to finish (all lines done but the replica that did the last one died,
   cancelled ones with nothing left running, expired ones, a finalize that died half-way), and
-  the backlog of every pool for its demand metric (one replica reports it, holding a lease).
+  the backlog of every pool for its demand metric (one replica reports it, holding a lease);
+  that replica also deletes the files and finished batches past `batch.retention_days`.
 
 A line fails for good on a refusal of the request itself (400, 403, 404) or after
 `batch.max_attempts` engine failures; "no free slot" and tenant rate limits only delay it.
@@ -253,6 +254,8 @@ class BatchWorker:
             await self._settle(record, now, stale, running)
         for pool in self.gateway.config.pools:
             self.capacity.report_backlog(pool.name, backlog.get(pool.name, 0) if reporting else 0)
+        if reporting:  # one replica deletes what outlived its retention
+            await self.batches.prune(now)
         return self.config.sweep_seconds
 
     async def _settle(self, record: BatchRecord, now: int, stale: int, running: int) -> None:

@@ -224,3 +224,34 @@ async def test_a_deleted_file_is_gone(start_gateway: StartGateway, tenants: Redi
             await client.files.retrieve(uploaded.id)
         with pytest.raises(openai.NotFoundError):
             await client.files.content(uploaded.id)
+
+
+async def test_files_and_finished_batches_are_deleted_once_their_retention_has_passed(
+    start_gateway: StartGateway, tenants: RedisTenants
+) -> None:
+    retention_s = 3.0
+    gateway = await start_gateway(batch={"retention_days": retention_s / 86400})
+    key = await new_key(tenants, "acme")
+    async with sdk(gateway, key) as client:
+        uploaded = await client.files.create(file=("in.jsonl", jsonl([request_line("a")])), purpose="batch")
+        assert uploaded.expires_at == uploaded.created_at + int(retention_s)
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        done = await wait_done(client, batch.id)
+        assert done.status == "completed" and done.output_file_id is not None
+        # Still there right after it finished: the retention counts from the end.
+        assert (await client.batches.retrieve(batch.id)).id == batch.id
+        assert (await client.files.retrieve(done.output_file_id)).purpose == "batch_output"
+
+        async with asyncio.timeout(30):  # the sweep (every 0.2 s here) deletes them after 3 s
+            while True:
+                if not [b.id async for b in client.batches.list()]:
+                    break
+                await asyncio.sleep(0.2)
+        for gone in (uploaded.id, done.output_file_id):
+            with pytest.raises(openai.NotFoundError):
+                await client.files.retrieve(gone)
+        with pytest.raises(openai.NotFoundError):
+            await client.batches.retrieve(batch.id)
+        assert [f.id async for f in client.files.list()] == []
