@@ -1,6 +1,6 @@
 """Where a pool's endpoints come from: a static list, or a DNS name whose records are the endpoints.
 
-A building block of the elastic pool (docs/elastic-pool.md), not yet wired into the balancer.
+A building block of the elastic pool (docs/elastic-pool.md).
 
 - `EndpointSource` is the interface: `endpoints()` asks the source now and returns the whole
   set of base URLs (`Address`), or raises `ResolutionFailed`.
@@ -8,9 +8,10 @@ A building block of the elastic pool (docs/elastic-pool.md), not yet wired into 
 - `DnsEndpoints` resolves a name's A and AAAA records (a Kubernetes headless Service lists its
   ready pods only) with the system resolver, or with dnspython against a configured
   `nameserver`, and builds one base URL per address with the configured scheme, port and path.
-- `EndpointWatch` asks a source every `interval_s` and at once when asked (after a failure),
-  and reports each change as added and removed sets. A failed resolution keeps the last known
-  set and is logged once, not once per poll.
+- `EndpointWatch` asks a source every `interval_s`, at once when asked (after a failure), and
+  every `hurry_s` while requests wait for an endpoint (`waiting()`), and reports each change as
+  added and removed sets. A failed resolution keeps the last known set and is logged once, not
+  once per poll.
 
 What a caller does with a change is its job: an added endpoint joins the pool; a removed one
 takes no new requests, while the streams already running on it finish (the engine behind a
@@ -23,7 +24,7 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -37,6 +38,10 @@ from tandem.configfile import Section
 from tandem.logs import get_logger
 
 log = get_logger("tandem.gateway.discovery")
+
+# While requests wait for a pool's first endpoint, its name is asked this often: a scale-up is
+# seen this long at most after the engine turned ready (a local DNS query is ~1 ms).
+HURRY_S = 0.1
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -230,11 +235,18 @@ class EndpointWatch:
     """
 
     def __init__(
-        self, source: EndpointSource, on_change: OnChange | None = None, *, min_gap_s: float = 0.5
+        self,
+        source: EndpointSource,
+        on_change: OnChange | None = None,
+        *,
+        min_gap_s: float = 0.5,
+        hurry_s: float = HURRY_S,
     ) -> None:
         self.source = source
         self._on_change = on_change
         self._min_gap_s = min_gap_s
+        self._hurry_s = hurry_s
+        self._waiting = 0  # callers waiting for an endpoint (`waiting()`)
         self._current: frozenset[Address] = frozenset()
         self._failing: str | None = None  # why the last resolution failed; None: it worked
         self._wake = asyncio.Event()
@@ -268,6 +280,18 @@ class EndpointWatch:
     def refresh_soon(self) -> None:
         """Resolve now rather than at the next interval (a request to an endpoint just failed)."""
         self._wake.set()
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """While a request waits for an endpoint (a pool scaling from zero): resolve now, then
+        every `hurry_s` rather than every interval, so that it goes as soon as the name lists
+        the first ready engine, not up to an interval later."""
+        self._waiting += 1
+        self._wake.set()
+        try:
+            yield
+        finally:
+            self._waiting -= 1
 
     async def refresh(self) -> Change | None:
         """Resolves now; returns what changed (and reports it), or None when nothing did or it failed."""
@@ -312,13 +336,14 @@ class EndpointWatch:
 
     async def _follow(self) -> None:
         loop = asyncio.get_running_loop()
-        interval = self.source.interval_s or 0.0
         last = loop.time()
         while True:
+            interval = self._hurry_s if self._waiting else self.source.interval_s or 0.0
+            gap = self._hurry_s if self._waiting else self._min_gap_s
             try:
                 async with asyncio.timeout(max(0.0, last + interval - loop.time())):
                     await self._wake.wait()
-                await asyncio.sleep(max(0.0, last + self._min_gap_s - loop.time()))  # asked: bounded rate
+                await asyncio.sleep(max(0.0, last + gap - loop.time()))  # asked: bounded rate
             except TimeoutError:
                 pass
             self._wake.clear()

@@ -15,7 +15,8 @@ load, demand for the autoscaler, and requests held while a pool has no ready end
   (none discovered, or every one refusing connections or cooling down) until one may: an
   endpoint joined, or `RECHECK_S` passed. At most `max_pending` are held (more: 429), each for
   at most `timeout_seconds` (then 503), all with Retry-After. Held requests wake in arrival
-  order.
+  order. While any is held, the pool's name is resolved every `discovery.HURRY_S` (0.1 s), not
+  every interval, so the first ready engine takes them at once.
 - **State.** `PoolStates` says, for the Heartbeat reply, whether each pool is warm or cold and
   for how long, so an edge can choose to wait for it or run thinking work at home.
 """
@@ -23,6 +24,7 @@ load, demand for the autoscaler, and requests held while a pool has no ready end
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import functools
 import time
@@ -227,11 +229,12 @@ class ElasticPools:
                 retry_after=5,
             )
         self._held[pool.name] += 1
-        self.endpoint_failed(pool.name)
+        watch = self._watches.get(pool.name)
         joined = self._joined[pool.name]
         try:
-            async with asyncio.timeout(min(remaining, RECHECK_S)):
-                await joined.wait()
+            with watch.waiting() if watch is not None else contextlib.nullcontext():
+                async with asyncio.timeout(min(remaining, RECHECK_S)):
+                    await joined.wait()
         except TimeoutError:
             pass
         finally:

@@ -189,3 +189,24 @@ def test_polling_is_bounded() -> None:
         with pytest.raises(ValidationError):
             DnsSource.model_validate({"name": NAME, "port": 8000, **bad})
     assert DnsSource(name=NAME, port=8000, path="/v1/").path == "/v1"
+
+
+async def test_while_a_request_waits_the_name_is_asked_every_hurry_interval(dns_server: DnsServer) -> None:
+    """A pool scaling from zero: with a caller waiting, the first engine is seen within
+    `hurry_s` of being listed, not at the next (here 300 s) interval."""
+    changes: list[Change] = []
+    watch = EndpointWatch(dns(dns_server, interval_seconds=300), changes.append, min_gap_s=60, hurry_s=0.1)
+    await watch.start()
+    try:
+        with watch.waiting():
+            await asyncio.sleep(0.3)  # asked a few times, nothing listed yet
+            assert changes == []
+            dns_server.set(NAME, ["127.0.0.2"])
+            await eventually(lambda: len(changes) == 1, within=5.0)
+        assert urls(changes[0].added) == {"http://127.0.0.2:8000/v1"}
+        await asyncio.sleep(0.3)  # the round that started while it waited is over
+        dns_server.set(NAME, ["127.0.0.2", "127.0.0.3"])
+        await asyncio.sleep(1.0)  # nobody waits: back to the interval (and min_gap_s is 60 s)
+        assert len(changes) == 1
+    finally:
+        await watch.stop()
