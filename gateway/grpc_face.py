@@ -99,6 +99,9 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             if merged.final:
                 tail = merged
             elif merged.content or merged.reasoning or merged.tool_calls:
+                # The finish reason goes on the last message only, even when the engine's
+                # finish came in a batch before its [DONE] (a held batch often holds both).
+                merged.finish_reason = None
                 yield wire.chunk_to_pb(
                     merged, response_id=stream.id, model=stream.model, created=stream.created
                 )

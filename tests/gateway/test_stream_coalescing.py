@@ -168,3 +168,51 @@ async def test_grpc_messages_carry_several_paced_tokens(coalesce_ms: float, fewe
         assert len(with_text) <= tokens // 2
     else:
         assert len(with_text) >= tokens - 1  # one per token (the last may travel with the end)
+
+
+async def test_a_finish_held_with_text_before_done_is_sent_once_on_the_last_grpc_message() -> None:
+    """An engine whose finish_reason and [DONE] arrive apart (llama.cpp's server does): the
+    held batch carries text and the finish, the last message the finish again; a caller must
+    see exactly one finish_reason."""
+    writes: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        while (data := await writes.get()) is not None:
+            await resp.write(data)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    engine = TestServer(app)
+    await engine.start_server()
+    base = str(engine.make_url("")).rstrip("/")
+    server = GatewayServer(gateway_config([base], streaming={"coalesce_ms": 200}))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            request = pb.ChatRequest(
+                model="qwen3",
+                messages=[pb.Message(role=pb.ROLE_USER, content="hi")],
+                mode=pb.MODE_NON_THINKING,
+            )
+            call = gateway_pb2_grpc.GatewayStub(channel).Chat(request)
+            writes.put_nowait(_event("a"))
+            first = await asyncio.wait_for(call.read(), 10)
+            writes.put_nowait(_event("b"))
+            writes.put_nowait(_event("c", "length"))  # held with b; [DONE] comes after the hold
+            second = await asyncio.wait_for(call.read(), 10)
+            writes.put_nowait(DONE)
+            writes.put_nowait(None)
+            rest = []
+            while (message := await asyncio.wait_for(call.read(), 10)) is not grpc.aio.EOF:
+                rest.append(message)
+    finally:
+        await server.stop()
+        await engine.close()
+    messages = [first, second, *rest]
+    assert "".join(m.content for m in messages) == "abc"
+    assert [m.finish_reason for m in messages if m.finish_reason] == ["length"]
+    assert messages[-1].finish_reason == "length"
