@@ -36,15 +36,19 @@ def _event(text: str, finish: str | None = None) -> bytes:
     return b"data: " + orjson.dumps({"choices": [choice]}) + b"\n\n"
 
 
+def _chat(text: str) -> pb.ChatRequest:
+    return pb.ChatRequest(
+        model="qwen3", messages=[pb.Message(role=pb.ROLE_USER, content=text)], mode=pb.MODE_NON_THINKING
+    )
+
+
 def _texts(batch: list[Chunk]) -> list[str]:
     return [c.content for c in batch]
 
 
-@pytest.fixture
-async def engine() -> AsyncIterator[Any]:
-    """`await engine(coalesce_s)`: (the stream's batches, the queue of what the engine writes
-    next; None ends the body)."""
-    writes: asyncio.Queue[bytes | None] = asyncio.Queue()
+async def scripted_engine(writes: asyncio.Queue[bytes | None]) -> TestServer:
+    """A started engine whose every chat stream writes what `writes` hands it, when it does;
+    None ends the body."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -58,6 +62,15 @@ async def engine() -> AsyncIterator[Any]:
     app.router.add_post("/v1/chat/completions", handler)
     server = TestServer(app)
     await server.start_server()
+    return server
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[Any]:
+    """`await engine(coalesce_s)`: (the stream's batches, the queue of what the engine writes
+    next; None ends the body)."""
+    writes: asyncio.Queue[bytes | None] = asyncio.Queue()
+    server = await scripted_engine(writes)
     transport = Transport()
     opened: list[AsyncIterator[list[Chunk]]] = []
 
@@ -149,11 +162,7 @@ async def test_grpc_messages_carry_several_paced_tokens(coalesce_ms: float, fewe
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
-            request = pb.ChatRequest(
-                model="qwen3",
-                messages=[pb.Message(role=pb.ROLE_USER, content="hello")],
-                mode=pb.MODE_NON_THINKING,
-            )
+            request = _chat("hello")
             messages: list[Any] = [m async for m in gateway_pb2_grpc.GatewayStub(channel).Chat(request)]
     finally:
         await server.stop()
@@ -175,29 +184,13 @@ async def test_a_finish_held_with_text_before_done_is_sent_once_on_the_last_grpc
     held batch carries text and the finish, the last message the finish again; a caller must
     see exactly one finish_reason."""
     writes: asyncio.Queue[bytes | None] = asyncio.Queue()
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        while (data := await writes.get()) is not None:
-            await resp.write(data)
-        await resp.write_eof()
-        return resp
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
-    engine = TestServer(app)
-    await engine.start_server()
+    engine = await scripted_engine(writes)
     base = str(engine.make_url("")).rstrip("/")
     server = GatewayServer(gateway_config([base], streaming={"coalesce_ms": 200}))
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
-            request = pb.ChatRequest(
-                model="qwen3",
-                messages=[pb.Message(role=pb.ROLE_USER, content="hi")],
-                mode=pb.MODE_NON_THINKING,
-            )
+            request = _chat("hi")
             call = gateway_pb2_grpc.GatewayStub(channel).Chat(request)
             writes.put_nowait(_event("a"))
             first = await asyncio.wait_for(call.read(), 10)
