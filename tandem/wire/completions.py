@@ -13,13 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tandem import bounds
 from tandem.chat import ChatRequest, ChatResult, Chunk, Message, Sampling, Usage
-from tandem.errors import BadRequest, PayloadTooLarge
-from tandem.wire.ollama import GenerateRequest, explicit_mode
-from tandem.wire.openai import WireStreamOptions, main_error, usage_body
+from tandem.errors import BadRequest
+from tandem.wire.ollama import GenerateRequest, explicit_mode, validate_body
+from tandem.wire.openai import WireStreamOptions, usage_body
 
 OBJECT = "text_completion"
 FINGERPRINT = "fp_ollama"
@@ -57,20 +57,7 @@ def parse_completion(
 ) -> GenerateRequest:
     """Validates a `/v1/completions` body; raises `BadRequest` naming the field, or
     `PayloadTooLarge`. The mode is the `x-tandem-mode` header's, else Tandem decides."""
-    if max_bytes is not None and len(body) > max_bytes:
-        raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {max_bytes}")
-    if not body.strip():
-        raise BadRequest("missing request body")
-    try:
-        wire = WireCompletionRequest.model_validate_json(body)
-    except ValidationError as exc:
-        err, loc = main_error(exc)
-        if err["type"] == "json_invalid":
-            raise BadRequest(f"request body is not valid JSON: {err['msg']}") from None
-        loc = loc or "body"
-        if err["type"] == "missing":
-            raise BadRequest(f"{loc} is required", param=loc) from None
-        raise BadRequest(f"invalid field '{loc}': {err['msg']}", param=loc) from None
+    wire = validate_body(WireCompletionRequest, body, max_bytes)
     if not wire.prompt:
         raise BadRequest("prompt is required", param="prompt")
     mode, source = explicit_mode(None, mode_header)

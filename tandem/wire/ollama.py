@@ -172,7 +172,7 @@ def parse_chat_call(
     body: bytes, *, mode_header: str | None = None, max_bytes: int | None = None
 ) -> ChatRequest | Residency:
     """`parse_chat`, with a load or unload request (no messages) returned as a `Residency`."""
-    wire = _validate(WireChatRequest, body, max_bytes)
+    wire = validate_body(WireChatRequest, body, max_bytes)
     if not wire.messages:
         return _residency(wire)
     messages = [_message(m) for m in wire.messages]
@@ -194,7 +194,7 @@ def parse_generate_call(
 ) -> GenerateRequest | Residency:
     """`parse_generate`, with a load or unload request (empty prompt, images or not: Ollama
     does not look at them then) returned as a `Residency`."""
-    wire = _validate(WireGenerateRequest, body, max_bytes)
+    wire = validate_body(WireGenerateRequest, body, max_bytes)
     if not wire.prompt:
         return _residency(wire)
     messages = []
@@ -256,7 +256,8 @@ def parse_keep_alive(value: Any, default: float) -> float:
     return math.inf if sign < 0 else seconds
 
 
-def _validate(kind: type[W], body: bytes, max_bytes: int | None) -> W:
+def validate_body(kind: type[W], body: bytes, max_bytes: int | None) -> W:
+    """`body` as a `kind`; `PayloadTooLarge`, or `BadRequest` naming the field at fault."""
     if max_bytes is not None and len(body) > max_bytes:
         raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {max_bytes}")
     if not body.strip():
